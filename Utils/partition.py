@@ -1,0 +1,216 @@
+"""Split a training set among N clients: iid, the official non-IID shards, or Dirichlet label skew.
+
+Every function is a pure function of its arguments: it draws from its own numpy generator seeded
+with `seed` and never touches the global numpy, torch or `random` state (DESIGN §3 "Partitions").
+Client i of a returned list is rank i + 1.
+"""
+from collections.abc import Sequence
+
+import numpy as np
+
+PARTITION_SCHEMES = ("iid", "noniid", "dirichlet")
+SHARD_SIZE = 100  # samples per shard of the official non-IID scheme (600 shards for MNIST)
+_SEED_LIMIT = 2**32  # numpy's RandomState accepts seeds in [0, 2**32)
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in PARTITION_SCHEMES:
+        raise ValueError(f"unknown partition scheme {scheme!r}; valid: {', '.join(PARTITION_SCHEMES)}")
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+
+
+def _check_clients(num_clients: int, num_items: int, what: str) -> None:
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be at least 1, got {num_clients}")
+    if num_clients > num_items:
+        raise ValueError(f"{num_clients} clients need at least one of the {num_items} {what} each")
+
+
+def _as_label_array(labels) -> np.ndarray:
+    if hasattr(labels, "detach"):  # torch tensor, possibly on a GPU
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
+    return labels
+
+
+def iid_partition(num_samples: int, num_clients: int, seed: int) -> list[np.ndarray]:
+    """A random permutation cut into num_clients parts whose sizes differ by at most one; covers all."""
+    _check_seed(seed)
+    _check_clients(num_clients, num_samples, "samples")
+    order = np.random.RandomState(seed).permutation(num_samples).astype(np.int64)
+    return np.array_split(order, num_clients)
+
+
+def shard_counts(num_shards: int, num_clients: int, seed: int) -> list[int]:
+    """Shards per client, as the official gen_partition (Utils/Sample.py) draws them.
+
+    Every client starts with one shard. While shards remain: reseed with s (seed, then +2 per draw),
+    pick a client a = randint(0, N); reseed with s, give it delta = randint(1, remaining // 4 + 4)
+    shards, clipped to what remains. Picking a client that already holds mean + num_shards / 2 or
+    more is void: the official code then redraws with the same s, forever; we advance s and draw
+    again, which changes nothing for every seed on which the official loop ends (s wraps at 2**32,
+    where the official code would crash). The counts sum to num_shards.
+    """
+    _check_seed(seed)
+    _check_clients(num_clients, num_shards, "shards")
+    cap = num_shards / num_clients + num_shards / 2  # at most one client can reach it when N >= 2
+    counts = [1] * num_clients
+    remaining = num_shards - num_clients
+    draw_seed = seed
+    while remaining > 0:
+        client = np.random.RandomState(draw_seed).randint(0, num_clients)
+        if counts[client] < cap:
+            delta = int(np.random.RandomState(draw_seed).randint(1, remaining // 4 + 4))
+            delta = min(delta, remaining)
+            counts[client] += delta
+            remaining -= delta
+        draw_seed = (draw_seed + 2) % _SEED_LIMIT
+    return counts
+
+
+def noniid_shard_partition(
+    labels, num_clients: int, seed: int, shard_size: int = SHARD_SIZE
+) -> list[np.ndarray]:
+    """The official non-IID scheme: sort by label, cut into shards, deal each client shard_counts() shards.
+
+    Samples are sorted stably by label (the official argsort is unstable, so which samples of a
+    label share a shard was up to numpy) and cut into len(labels) // shard_size shards. Client by
+    client, a RandomState reseeded with `seed` picks that client's count of the remaining shards
+    without replacement, as the official noniid_part does. The remainder of fewer than shard_size
+    samples at the end of the sorted order goes to the owner of the last shard (same label as its
+    tail), so every sample is used; MNIST, EMNIST and CIFAR have no remainder.
+    """
+    labels = _as_label_array(labels)
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    num_shards = len(labels) // shard_size
+    _check_clients(num_clients, num_shards, f"shards of {shard_size} samples")
+    counts = shard_counts(num_shards, num_clients, seed)
+    sorted_idx = np.argsort(labels, kind="stable").astype(np.int64)
+
+    # The official code keeps the free shards as list(set(free) - chosen). CPython iterates a set of
+    # small ints in hash-table order, which is not always ascending, and choice() picks by position:
+    # the same container is what reproduces the official shard choice.
+    free = list(range(num_shards))
+    client_shards = []
+    for count in counts:
+        chosen = np.random.RandomState(seed).choice(free, count, replace=False)
+        client_shards.append(np.sort(chosen))
+        free = list(set(free) - set(chosen.tolist()))
+    assert not free, "shard counts must sum to the number of shards"
+
+    parts = []
+    for shards in client_shards:
+        shard_idx = [sorted_idx[s * shard_size:(s + 1) * shard_size] for s in shards]
+        if shards[-1] == num_shards - 1:
+            shard_idx.append(sorted_idx[num_shards * shard_size:])
+        parts.append(np.concatenate(shard_idx))
+    return parts
+
+
+def _split_by_proportions(total: int, proportions: np.ndarray) -> np.ndarray:
+    """Integer sizes summing to total, cut at the rounded-down cumulative proportions."""
+    cuts = (np.cumsum(proportions)[:-1] * total).astype(np.int64)
+    return np.diff(np.concatenate(([0], np.minimum(cuts, total), [total])))
+
+
+def dirichlet_partition(labels, num_clients: int, seed: int, alpha: float) -> list[np.ndarray]:
+    """Per class, client shares drawn from Dirichlet(alpha, ..., alpha): small alpha, strong label skew.
+
+    Covers every sample. A client left empty takes the last sample of the currently largest client,
+    one at a time, so every client gets at least one sample without redrawing.
+    """
+    labels = _as_label_array(labels)
+    if not alpha > 0:
+        raise ValueError(f"dirichlet alpha must be > 0, got {alpha}")
+    _check_seed(seed)
+    _check_clients(num_clients, len(labels), "samples")
+    rng = np.random.default_rng(seed)
+    pieces: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for label in np.unique(labels):
+        class_idx = rng.permutation(np.flatnonzero(labels == label)).astype(np.int64)
+        sizes = _split_by_proportions(len(class_idx), rng.dirichlet(np.full(num_clients, alpha)))
+        for client, chunk in enumerate(np.split(class_idx, np.cumsum(sizes)[:-1])):
+            pieces[client].append(chunk)
+    parts = [np.concatenate(p) for p in pieces]
+    for client in range(num_clients):
+        if len(parts[client]) == 0:
+            donor = int(np.argmax([len(p) for p in parts]))
+            parts[client], parts[donor] = parts[donor][-1:], parts[donor][:-1]
+    return parts
+
+
+def partition_samples(
+    labels, num_clients: int, scheme: str, seed: int, alpha: float = 0.5
+) -> list[np.ndarray]:
+    """One int64 index array per client (client i = rank i + 1), pairwise disjoint.
+
+    iid and dirichlet cover every sample; noniid covers every sample too (a remainder of fewer than
+    SHARD_SIZE samples joins the owner of the last shard). alpha is used by dirichlet only.
+    """
+    _check_scheme(scheme)
+    labels = _as_label_array(labels)
+    if scheme == "iid":
+        return iid_partition(len(labels), num_clients, seed)
+    if scheme == "noniid":
+        return noniid_shard_partition(labels, num_clients, seed)
+    return dirichlet_partition(labels, num_clients, seed, alpha)
+
+
+def partition_tokens(
+    num_tokens: int, num_clients: int, scheme: str, seed: int, alpha: float = 0.5
+) -> list[tuple[int, int]]:
+    """Disjoint contiguous [start, stop) slices of a token stream that together cover it, in rank order.
+
+    iid: sizes differ by at most one token. noniid: every client first gets a floor of a quarter of
+    the equal share (WikiText-2 with 100 clients: 5,221 tokens, a few bptt batches), the rest is
+    dealt as shard_counts() deals shards, one token per shard. dirichlet: the same floor, the rest
+    split by Dirichlet(alpha) proportions. Every client gets at least one token.
+    """
+    _check_scheme(scheme)
+    _check_seed(seed)
+    _check_clients(num_clients, num_tokens, "tokens")
+    if scheme == "iid":
+        bounds = [num_tokens * k // num_clients for k in range(num_clients + 1)]
+        return list(zip(bounds[:-1], bounds[1:], strict=True))
+    floor = max(1, num_tokens // (4 * num_clients))
+    rest = num_tokens - floor * num_clients
+    if scheme == "noniid":
+        # shard_counts hands every client one unit before dealing; take that unit back
+        extra = np.array(shard_counts(rest + num_clients, num_clients, seed)) - 1
+    else:
+        if not alpha > 0:
+            raise ValueError(f"dirichlet alpha must be > 0, got {alpha}")
+        proportions = np.random.default_rng(seed).dirichlet(np.full(num_clients, alpha))
+        extra = _split_by_proportions(rest, proportions)
+    bounds = np.concatenate(([0], np.cumsum(floor + extra))).tolist()
+    assert bounds[-1] == num_tokens, "token slices must cover the stream"
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def describe_partition(
+    parts: Sequence[np.ndarray] | Sequence[tuple[int, int]], labels=None, num_classes: int | None = None
+) -> str:
+    """One line per client: its size and, given labels, the classes it holds (listed when at most 20)."""
+    labels = None if labels is None else _as_label_array(labels)
+    lines = []
+    for rank, part in enumerate(parts, start=1):
+        if isinstance(part, tuple):
+            start, stop = part
+            lines.append(f"rank {rank}: {stop - start} tokens [{start}, {stop})")
+            continue
+        line = f"rank {rank}: {len(part)} samples"
+        if labels is not None:
+            present = np.unique(labels[np.asarray(part, dtype=np.int64)])
+            of_total = f"/{num_classes}" if num_classes is not None else ""
+            line += f", {len(present)}{of_total} classes"
+            if len(present) <= 20:
+                line += " " + " ".join(str(c) for c in present.tolist())
+        lines.append(line)
+    return "\n".join(lines)
