@@ -1,0 +1,86 @@
+"""What every process of a job runs: join the group, load data and model, then act as server or client."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from Characters.client import run_client
+from Characters.server import run_server
+from Networks import build_model
+from Utils import transport
+from Utils.config import RunConfig
+from Utils.datasets import TextData, load_dataset
+from Utils.partition import partition_samples, partition_tokens
+from Utils.run_log import setup_logging
+from Utils.training import LocalTrainer
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(cfg: RunConfig, rank: int) -> torch.device:
+    """--gpus lists one CUDA device per rank (cycled when shorter); without CUDA every rank uses the CPU."""
+    if cfg.gpus is None or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device(f"cuda:{cfg.gpus[rank % len(cfg.gpus)]}")
+
+
+def limit_training_set(data, max_samples: int | None, seed: int):
+    """Keep a seeded random subset of max_samples training samples (tokens: a leading slice), for quick runs."""
+    if max_samples is None:
+        return data
+    if isinstance(data, TextData):
+        return replace(data, train_tokens=data.train_tokens[:max_samples])
+    if max_samples >= len(data.train_labels):
+        return data
+    keep = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:max_samples]
+    keep = keep.sort().values
+    return replace(data, train_images=data.train_images[keep], train_labels=data.train_labels[keep])
+
+
+def client_shards(cfg: RunConfig, data) -> list:
+    """Each client's share of the training data: sample indices, or a (start, stop) token slice."""
+    if isinstance(data, TextData):
+        return partition_tokens(len(data.train_tokens), cfg.num_clients, cfg.partition, cfg.seed)
+    return partition_samples(data.train_labels, cfg.num_clients, cfg.partition, cfg.seed, alpha=cfg.alpha)
+
+
+def shard_size(shard) -> int:
+    return shard[1] - shard[0] if isinstance(shard, tuple) else len(shard)
+
+
+def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> dict | None:
+    """One participant from start to finish; the server returns the run's summary."""
+    torch.set_num_threads(cfg.threads)
+    log_file = None
+    if rank == transport.SERVER_RANK:
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        cfg.save(Path(cfg.out_dir) / "config.json")
+        log_file = Path(cfg.out_dir) / "train.log"
+    setup_logging(rank, log_file)
+    device = pick_device(cfg, rank)
+    try:
+        transport.init_process_group(rank, cfg.world_size,
+                                     master_addr=None if rendezvous_from_env else cfg.master_addr,
+                                     master_port=None if rendezvous_from_env else cfg.master_port,
+                                     backend=cfg.backend, timeout_s=cfg.timeout)
+        data = limit_training_set(load_dataset(cfg.dataset, cfg.data_dir), cfg.max_train_samples, cfg.seed)
+        text = isinstance(data, TextData)
+        num_classes = data.vocab_size if text else data.num_classes
+        shape = {} if text else {"in_channels": data.in_channels, "image_size": data.image_size}
+        torch.manual_seed(cfg.seed)   # G_0 is the seeded initial model; clients receive it from the server
+        model = build_model(cfg.model, num_classes, **shape).to(device)
+        shards = client_shards(cfg, data)
+        if rank == transport.SERVER_RANK:
+            return run_server(cfg, data, model, [shard_size(s) for s in shards])
+        trainer = LocalTrainer(model, data, shards[rank - 1], batch_size=cfg.batch_size, lr=cfg.lr,
+                               epochs=cfg.client_epoch, seed=cfg.seed, rank=rank)
+        run_client(cfg, rank, trainer, transport.model_size(model))
+        return None
+    except Exception as error:
+        log.error("rank %d failed: %s", rank, error)
+        raise
+    finally:
+        transport.shutdown()

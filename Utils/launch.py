@@ -1,0 +1,117 @@
+"""Start a job: spawn every rank on this machine, or run the one rank that torchrun / env vars name.
+
+A failed rank brings the whole job down: torch.multiprocessing terminates the other ranks as soon as
+one exits abnormally, and the launcher names the rank that failed. Ctrl-C stops every process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+
+import torch
+import torch.multiprocessing as mp
+
+from Characters.rank import run_rank
+from Utils import transport
+from Utils.config import RunConfig
+from Utils.datasets import DatasetCorruptError, DatasetUnavailableError, ensure_dataset
+from Utils.run_log import setup_logging
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class LaunchError(ValueError):
+    """A problem with the job's set-up that the user can fix (busy port, world size, missing data)."""
+
+
+def _spawned_rank(rank: int, cfg: RunConfig, summaries) -> None:
+    summary = run_rank(rank, cfg)
+    if summary is not None:
+        summaries.put(summary)
+
+
+def launch(cfg: RunConfig) -> tuple[int, dict | None]:
+    """Run the job; return (exit status, the server's summary when this process ran or spawned it)."""
+    setup_logging(None)
+    try:
+        from_env = transport.environment_rank()
+        if from_env is not None:
+            return 0, _run_one_rank(cfg, *from_env)
+        return _spawn_all(cfg)
+    except LaunchError as error:
+        log.error("%s", error)
+        return EXIT_USAGE, None
+    except (DatasetUnavailableError, DatasetCorruptError) as error:
+        log.error("%s", error)
+        return EXIT_FAILED, None
+
+
+def _run_one_rank(cfg: RunConfig, rank: int, world_size: int) -> dict | None:
+    """Several machines: this process is one rank; MASTER_ADDR/MASTER_PORT come from the environment."""
+    if world_size != cfg.world_size:
+        log.info("world size %d from the environment (WORLD_SIZE) overrides --world_size %d",
+                 world_size, cfg.world_size)
+    if world_size < 2:
+        raise LaunchError(f"WORLD_SIZE={world_size}: a job needs the server and at least one client")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise LaunchError(f"RANK and WORLD_SIZE are set but {name} is not; set it to the server's "
+                              f"{'address' if name == 'MASTER_ADDR' else 'port'} on every machine")
+    os.environ.setdefault("OVERLAP_FEDAVG_LAUNCH_TIME", str(time.time()))
+    cfg = replace(cfg, world_size=world_size).with_run_dir()
+    return run_rank(rank, cfg, rendezvous_from_env=True)
+
+
+def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
+    os.environ["OVERLAP_FEDAVG_LAUNCH_TIME"] = str(time.time())
+    if cfg.master_port == 0:
+        cfg = replace(cfg, master_port=transport.free_port())
+    elif not transport.port_is_free("", cfg.master_port):
+        raise LaunchError(f"port {cfg.master_port} is already in use on this machine; pass another "
+                          f"--master_port (or 0 to pick a free one)")
+    if cfg.gpus is not None and not torch.cuda.is_available():
+        log.info("CUDA is not available: every rank runs on the CPU")
+    ensure_dataset(cfg.dataset, cfg.data_dir)   # once here, not N+1 times in parallel
+    cfg = cfg.with_run_dir()
+    log.info("%s: %d processes (server + %d clients), run directory %s", cfg.script, cfg.world_size,
+             cfg.num_clients, cfg.out_dir)
+    summaries = mp.get_context("spawn").SimpleQueue()
+    context = mp.start_processes(_spawned_rank, args=(cfg, summaries), nprocs=cfg.world_size,
+                                 join=False, start_method="spawn")
+    try:
+        while not context.join(timeout=1.0):
+            pass
+    except mp.ProcessRaisedException as error:
+        log.error("rank %d failed; the job was stopped:\n%s", error.error_index, error)
+        return EXIT_FAILED, None
+    except mp.ProcessExitedException as error:
+        cause = f"signal {error.signal_name}" if error.signal_name else f"exit code {error.exit_code}"
+        log.error("rank %d died (%s); the job was stopped", error.error_index, cause)
+        return EXIT_FAILED, None
+    except KeyboardInterrupt:
+        log.error("interrupted: stopping every rank")
+        _terminate(context.processes)
+        return EXIT_INTERRUPTED, None
+    return 0, summaries.get() if not summaries.empty() else None
+
+
+def _terminate(processes, grace_s: float = 5.0) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def main(cfg: RunConfig) -> None:
+    status, _ = launch(cfg)
+    sys.exit(status)

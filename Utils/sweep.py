@@ -1,0 +1,100 @@
+"""Several runs of one job: the --lr/--mom/--lambd grid, or an optuna search (AsyncFedAvg.py).
+
+Each run is a whole job with its own run directory; runs go one after another.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from Utils.config import RunConfig
+from Utils.launch import launch
+from Utils.run_log import higher_is_better
+
+log = logging.getLogger(__name__)
+
+
+def _run_dir(base: RunConfig, tag: str) -> str | None:
+    """Grid members go below --out_dir when it is given, else each gets its own runs/ folder."""
+    return str(Path(base.out_dir) / tag) if base.out_dir else None
+
+
+def run_grid(base: RunConfig, *, lrs: list[float], moms: list[float], lambds: list[float]) -> None:
+    """Run every (lr, mom, lambd) combination; end with a summary table. Exits non-zero if any run failed."""
+    combos = list(itertools.product(lrs, moms, lambds))
+    if len(combos) == 1:
+        status, _ = launch(base)
+        sys.exit(status)
+    results = []
+    for lr, mom, lambd in combos:
+        tag = f"lr{lr:g}-mom{mom:g}-lambd{lambd:g}"
+        cfg = replace(base, lr=lr, mom=mom, lambd=lambd, out_dir=_run_dir(base, tag))
+        log.info("grid run %d/%d: %s", len(results) + 1, len(combos), tag)
+        status, summary = launch(cfg)
+        results.append((lr, mom, lambd, status, summary))
+        if status == 130:   # Ctrl-C stops the whole grid
+            break
+    log.info("grid summary:\n%s", format_table(results))
+    sys.exit(max(status for *_, status, _ in results))
+
+
+def format_table(results: list[tuple]) -> str:
+    lines = [f"{'lr':>10} {'mom':>6} {'lambd':>8} {'final':>9} {'best':>9} {'wall_s':>8}  run directory"]
+    for lr, mom, lambd, status, summary in results:
+        if summary is None:
+            lines.append(f"{lr:>10g} {mom:>6g} {lambd:>8g} {'failed':>9} {'':>9} {'':>8}  (exit {status})")
+            continue
+        lines.append(f"{lr:>10g} {mom:>6g} {lambd:>8g} {summary['final']:>9.4f} {summary['best']:>9.4f} "
+                     f"{summary['wall_s']:>8.1f}  {summary['line'].rsplit('run directory ', 1)[-1]}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class OptunaSpace:
+    """(low, high) search bounds; None keeps the command line's first value."""
+    lr: tuple[float, float] | None = None
+    mom: tuple[float, float] | None = None
+    lambd: tuple[float, float] | None = None
+
+
+def run_optuna(base: RunConfig, space: OptunaSpace, trials: int) -> None:
+    """Search with optuna; maximise accuracy, minimise perplexity. Early-stopped trials count as pruned."""
+    try:
+        import optuna  # optional: only this path needs it
+    except ImportError:
+        log.error("--optuna needs the optuna package: pip install optuna")
+        sys.exit(2)
+    from Utils.datasets import dataset_is_text
+    metric = "perplexity" if dataset_is_text(base.dataset) else "accuracy"
+    direction = "maximize" if higher_is_better(metric) else "minimize"
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = replace(base,
+                      lr=trial.suggest_float("lr", *space.lr, log=True) if space.lr else base.lr,
+                      mom=trial.suggest_float("mom", *space.mom) if space.mom else base.mom,
+                      lambd=trial.suggest_float("lambd", *space.lambd) if space.lambd else base.lambd,
+                      out_dir=_run_dir(base, f"trial{trial.number}"))
+        status, summary = launch(cfg)
+        if status != 0 or summary is None:
+            raise RuntimeError(f"trial {trial.number} failed (exit {status})")
+        if summary["stopped_early"]:
+            raise optuna.TrialPruned(f"{metric} below the --optuna_early_stop bar")
+        value = summary["final"]
+        return value if math.isfinite(value) else (-math.inf if direction == "maximize" else math.inf)
+
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=base.seed))
+    study.optimize(objective, n_trials=trials, catch=(RuntimeError,))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    log.info("optuna: %d trials, %d complete, %d pruned (%s %s)", len(study.trials), len(done), len(pruned),
+             direction, metric)
+    if not done:
+        log.error("optuna: no trial completed")
+        sys.exit(1)
+    best = study.best_trial
+    log.info("best trial %d: %s %.4f with %s", best.number, metric, best.value,
+             ", ".join(f"{k}={v:.6g}" for k, v in best.params.items()))

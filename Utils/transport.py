@@ -1,0 +1,243 @@
+"""Everything that crosses the network, and the only module that imports torch.distributed.
+
+Star topology (DESIGN §2): rank 0 is the server, ranks 1..N are clients, and every message is one flat
+float32 tensor sent point to point. An upload is the client's model followed by STATS_FIELDS (a few
+numbers about its round, so metrics need no second channel); a download is the global model alone.
+Nothing is ever unpickled from the network.
+
+Link emulation (DESIGN §3, "Network emulation"): on loopback a transfer takes microseconds, which hides
+what Overlap-FedAvg is about. A client link of `bandwidth_mbit` and `latency_ms` delays each message by
+latency + 8 * bytes / bandwidth on the client's side: an upload leaves only after that delay, a
+download is handed over only after it. FedAvg and Overlap-FedAvg go through the same code, so their
+round times compare.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SERVER_RANK = 0
+# Numbers a client appends to each upload: its last round's training, and its previous communication job.
+STATS_FIELDS = ("train_loss", "train_s", "comm_wait_s", "comm_s")
+
+
+class PeerFailure(RuntimeError):
+    """A peer crashed, hung past the timeout, or closed its connection."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Process group
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (checked before rank 0 tries to bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS considers free right now (for single-machine jobs and tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def init_process_group(rank: int, world_size: int, *, master_addr: str | None, master_port: int | None,
+                       backend: str, timeout_s: float) -> None:
+    """Join the job's process group; every later collective or point-to-point wait times out after timeout_s.
+
+    With master_addr/master_port None the rendezvous comes from the environment (torchrun, or RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT set by hand on each machine).
+    """
+    init_method = "env://" if master_addr is None else f"tcp://{master_addr}:{master_port}"
+    try:
+        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+    except Exception as error:  # noqa: BLE001 - re-raised with the cause the user can act on
+        text = str(error)
+        if "address already in use" in text.lower() or "EADDRINUSE" in text:
+            raise PeerFailure(f"rank {rank}: master port {master_port} on {master_addr} is already in use; "
+                              f"pass a free --master_port") from error
+        raise PeerFailure(f"rank {rank}: could not join the process group at {init_method} "
+                          f"within {timeout_s:.0f} s: {text.splitlines()[0] if text else error!r}") from error
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model <-> flat tensor
+
+
+def shared_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The tensors a message carries: parameters, then persistent buffers (BatchNorm statistics).
+
+    Constant tables registered with persistent=False (the Transformer's positional encoding) stay home.
+    """
+    persistent = set(model.state_dict().keys())
+    buffers = [b for name, b in model.named_buffers() if name in persistent]
+    return [p for p in model.parameters()] + buffers
+
+
+def model_size(model: nn.Module) -> int:
+    return sum(t.numel() for t in shared_tensors(model))
+
+
+def flatten_model(model: nn.Module, extra: tuple[float, ...] = ()) -> torch.Tensor:
+    """A new float32 CPU tensor holding the model's shared tensors followed by `extra` numbers."""
+    parts = [t.detach().reshape(-1).to("cpu", torch.float32) for t in shared_tensors(model)]
+    if extra:
+        parts.append(torch.tensor(extra, dtype=torch.float32))
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def load_flat_into_model(flat: torch.Tensor, model: nn.Module) -> None:
+    """Copy the leading model_size(model) numbers of `flat` into the model's shared tensors."""
+    offset = 0
+    for tensor in shared_tensors(model):
+        count = tensor.numel()
+        tensor.copy_(flat[offset:offset + count].view_as(tensor))
+        offset += count
+
+
+def split_upload(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """An upload's model part (a view) and its STATS_FIELDS as a dict."""
+    stats = message[model_numel:].tolist()
+    return message[:model_numel], dict(zip(STATS_FIELDS, stats, strict=True))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Emulated client link
+
+
+@dataclass(frozen=True)
+class Link:
+    """A client's emulated link; None bandwidth and zero latency mean the real (loopback) network."""
+    bandwidth_mbit: float | None = None
+    latency_ms: float = 0.0
+
+    def delay_s(self, num_bytes: int) -> float:
+        """latency + 8 * bytes / bandwidth: the least time one message of num_bytes takes on this link."""
+        seconds = self.latency_ms / 1000.0
+        if self.bandwidth_mbit:
+            seconds += 8.0 * num_bytes / (self.bandwidth_mbit * 1e6)
+        return seconds
+
+
+def _peer_call(what: str, peer: int, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - gloo raises plain RuntimeErrors; name the peer
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise PeerFailure(f"{what} rank {peer} failed (crashed, hung or timed out?): {first_line}") from error
+
+
+def send(tensor: torch.Tensor, dst: int, link: Link = Link()) -> int:
+    """Blocking send; with an emulated link the message leaves only after the link's delay. Returns bytes."""
+    num_bytes = tensor.numel() * tensor.element_size()
+    delay = link.delay_s(num_bytes)
+    if delay > 0:
+        time.sleep(delay)
+    _peer_call("sending to", dst, lambda: dist.send(tensor, dst))
+    return num_bytes
+
+
+def recv(buffer: torch.Tensor, src: int, link: Link = Link()) -> int:
+    """Blocking receive into buffer; with an emulated link it is handed over after the link's delay."""
+    _peer_call("receiving from", src, lambda: dist.recv(buffer, src))
+    num_bytes = buffer.numel() * buffer.element_size()
+    delay = link.delay_s(num_bytes)
+    if delay > 0:
+        time.sleep(delay)
+    return num_bytes
+
+
+def send_to_all(tensor: torch.Tensor, destinations: list[int]) -> int:
+    """The server's broadcast over the star: one point-to-point send per client, all in flight at once."""
+    works = [(dst, dist.isend(tensor, dst)) for dst in destinations]
+    for dst, work in works:
+        _peer_call("sending to", dst, work.wait)
+    return len(destinations) * tensor.numel() * tensor.element_size()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The communication thread
+
+
+class Job:
+    """One piece of work handed to the communication thread; wait() returns its result or re-raises."""
+
+    def __init__(self, work: Callable[[], Any]):
+        self.work = work
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0  # how long the work itself ran
+
+    def wait(self, timeout_s: float) -> Any:
+        if not self.done.wait(timeout_s):
+            raise PeerFailure(f"communication job did not finish within {timeout_s:.0f} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class CommThread:
+    """A daemon thread that runs communication jobs in submission order (the client's second level).
+
+    The trainer submits a job and carries on; the thread stores any exception in the job, and the
+    trainer re-raises it when it waits. Jobs only touch tensors handed to them, never the live model.
+    """
+
+    def __init__(self, name: str = "comm"):
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Callable[[], Any]) -> Job:
+        job = Job(work)
+        self._jobs.put(job)
+        return job
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            start = time.perf_counter()
+            try:
+                job.result = job.work()
+            except BaseException as error:  # noqa: BLE001 - handed to the trainer, which re-raises
+                job.error = error
+            job.seconds = time.perf_counter() - start
+            job.done.set()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout_s)
+
+
+def environment_rank() -> tuple[int, int] | None:
+    """(rank, world_size) when this process was started as one rank of a job (torchrun or env vars)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return None

@@ -1,0 +1,79 @@
+"""A failed rank brings the whole job down, quickly, naming the rank, with nothing left running."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+from helpers_e2e import QUICK_MNIST, job_env, processes_with_tag, run_job, wait_until_gone
+
+from Utils.transport import free_port
+
+pytestmark = pytest.mark.slow
+SCRIPTS = ["FedAvg.py", "AsyncFedAvg.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("action", ["raise", "kill"])
+def test_a_failing_client_stops_the_job(script, action, mnist_root, tmp_path):
+    env = job_env(OVERLAP_FEDAVG_FAULT=f"2:2:{action}")
+    started = time.monotonic()
+    done = run_job(script, *QUICK_MNIST, "--max_epoch", "3", out_dir=tmp_path / "run", data_dir=mnist_root,
+                   env=env, timeout=120)
+    assert done.returncode != 0
+    assert "rank 2" in done.stderr.splitlines()[-1] or "rank 2 " in done.stderr, done.stderr[-2000:]
+    assert ("injected fault" in done.stderr) if action == "raise" else ("SIGKILL" in done.stderr)
+    assert time.monotonic() - started < 60   # far below --timeout 60 + start-up: no waiting it out
+    assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
+
+
+def test_a_busy_port_is_a_clear_error(mnist_root, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = [a for a in QUICK_MNIST if a not in ("--master_port", "0")]
+        env = job_env()
+        done = run_job("FedAvg.py", *args, "--master_port", str(port), out_dir=tmp_path / "run",
+                       data_dir=mnist_root, env=env, timeout=60)
+    assert done.returncode == 2
+    assert f"port {port} is already in use" in done.stderr
+    assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
+
+
+def test_ctrl_c_stops_every_process(mnist_root, tmp_path):
+    env = job_env()
+    job = subprocess.Popen([sys.executable, "FedAvg.py", *QUICK_MNIST, "--max_epoch", "50",
+                            "--out_dir", str(tmp_path / "run"), "--data_dir", str(mnist_root)],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (tmp_path / "run" / "metrics.csv").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert len(processes_with_tag(env["OVERLAP_FEDAVG_TEST_TAG"])) >= 4   # launcher + 3 ranks
+    os.killpg(job.pid, signal.SIGINT)   # what Ctrl-C in a terminal does
+    _, stderr = job.communicate(timeout=30)
+    assert job.returncode != 0
+    assert "interrupted" in stderr
+    assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
+
+
+def test_a_dead_peer_ends_a_job_started_rank_by_rank(mnist_root, tmp_path):
+    """Several machines: no launcher watches the ranks, so the survivors notice on their own and exit."""
+    port = str(free_port())
+    env_base = job_env(OVERLAP_FEDAVG_FAULT="2:2:kill")
+    args = [a for a in QUICK_MNIST if a not in ("--master_port", "0", "--timeout", "60")]
+    procs = []
+    for rank in range(3):
+        env = {**env_base, "RANK": str(rank), "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, "FedAvg.py", *args, "--max_epoch", "4", "--timeout", "20",
+                                       "--out_dir", str(tmp_path / "run"), "--data_dir", str(mnist_root)],
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode != 0 for p in procs), [p.returncode for p in procs]
+    assert "rank 2" in outputs[0][1], outputs[0][1][-2000:]   # the server names the rank it lost
+    assert wait_until_gone(env_base["OVERLAP_FEDAVG_TEST_TAG"]) == []
