@@ -34,6 +34,17 @@ def job_start_time() -> float:
     return float(os.environ.get("OVERLAP_FEDAVG_LAUNCH_TIME", time.time()))
 
 
+def peak_resident_mb() -> float:
+    """This process's peak resident set size (VmHWM), in MB; NaN where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
 def _mean(values: list[float], weights: list[float] | None = None) -> float:
     if weights is None:
         weights = [1.0 / len(values)] * len(values)
@@ -84,7 +95,7 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
                "train_s": _mean([s["train_s"] for s in stats]),
                "bytes_up": len(clients) * upload_bytes, "bytes_down": bytes_down}
         last_sent = now
-        due = round_index % cfg.eval_every == 0 or round_index == cfg.max_epoch
+        due = cfg.eval_every > 0 and (round_index % cfg.eval_every == 0 or round_index == cfg.max_epoch)
         if due or stopping or (cfg.early_stop is not None and round_index == cfg.early_stop[0]):
             transport.load_flat_into_model(update.current, model)
             row.update(evaluate(model, data))
@@ -110,6 +121,7 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
     transport.load_flat_into_model(update.current, model)
     torch.save(model.state_dict(), out_dir / "final_model.pt")
     summary = _summary(cfg, writer, metric, time.time() - launched, stopping)
+    log.info("server peak resident memory %.1f MB", peak_resident_mb())
     log.info(summary["line"])
     return summary
 

@@ -21,6 +21,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -80,7 +87,8 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     add("--latency", type=non_negative_float, default=0.0, help="emulated link latency per message, ms")
     add("--max_train_samples", type=positive_int, default=None,
         help="train on a seeded random subset of this many samples (text: tokens) for quick trials")
-    add("--eval_every", type=positive_int, default=1, help="evaluate the global model every N rounds")
+    add("--eval_every", type=non_negative_int, default=1,
+        help="evaluate the global model every N rounds and after the last (0: never, for timing runs)")
     add("--timeout", type=positive_float, default=1800.0,
         help="seconds any rank waits for a peer before declaring it dead")
     add("--threads", type=positive_int, default=1, help="intra-op threads per process on the CPU")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from Utils.config import RunConfig
+from Utils.datasets import dataset_is_text
 from Utils.launch import launch
 from Utils.run_log import higher_is_better
 
@@ -61,6 +62,12 @@ class OptunaSpace:
     lambd: tuple[float, float] | None = None
 
 
+def study_direction(dataset: str) -> tuple[str, str]:
+    """The metric a search optimises and its direction: accuracy up, perplexity down."""
+    metric = "perplexity" if dataset_is_text(dataset) else "accuracy"
+    return metric, "maximize" if higher_is_better(metric) else "minimize"
+
+
 def run_optuna(base: RunConfig, space: OptunaSpace, trials: int) -> None:
     """Search with optuna; maximise accuracy, minimise perplexity. Early-stopped trials count as pruned."""
     try:
@@ -68,9 +75,7 @@ def run_optuna(base: RunConfig, space: OptunaSpace, trials: int) -> None:
     except ImportError:
         log.error("--optuna needs the optuna package: pip install optuna")
         sys.exit(2)
-    from Utils.datasets import dataset_is_text
-    metric = "perplexity" if dataset_is_text(base.dataset) else "accuracy"
-    direction = "maximize" if higher_is_better(metric) else "minimize"
+    metric, direction = study_direction(base.dataset)
 
     def objective(trial: optuna.Trial) -> float:
         cfg = replace(base,

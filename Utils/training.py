@@ -54,7 +54,7 @@ class LocalTrainer:
         """Load the global model `start`, train E epochs; return (new flat model, mean training loss)."""
         load_flat_into_model(start, self.model)
         self.model.train()
-        total_loss, num_batches = 0.0, 0
+        total_loss, num_batches = torch.zeros((), dtype=torch.float64), 0
         for epoch in range(self.epochs):
             generator = torch.Generator().manual_seed(derived_seed(self.seed, self.rank, round_index, epoch))
             torch.manual_seed(derived_seed(self.seed, self.rank, round_index, epoch, 1))  # dropout
@@ -68,9 +68,9 @@ class LocalTrainer:
                 if isinstance(self.data, TextData):
                     nn.utils.clip_grad_norm_(self.model.parameters(), TEXT_GRAD_CLIP)
                 self.optimizer.step()
-                total_loss += loss.item()
+                total_loss += loss.detach()   # no .item(): no per-batch sync on an accelerator
                 num_batches += 1
-        return flatten_model(self.model), total_loss / max(num_batches, 1)
+        return flatten_model(self.model), total_loss.item() / max(num_batches, 1)
 
     def _image_batches(self, generator: torch.Generator):
         order = torch.randperm(self.num_samples, generator=generator)

@@ -1,0 +1,125 @@
+"""AsyncFedAvg.py end to end: the one-version-stale pipeline, determinism on any network, grid, optuna."""
+import numpy as np
+import pytest
+import torch
+from helpers_e2e import QUICK_MNIST, TIMING_COLUMNS, job_env, read_config, read_metrics, run_job
+
+from Characters.rank import client_shards, limit_training_set
+from Networks import build_model
+from Utils.aggregation import ServerUpdate, client_weights
+from Utils.config import RunConfig
+from Utils.datasets import load_dataset
+from Utils.training import LocalTrainer, evaluate
+from Utils.transport import flatten_model, load_flat_into_model
+
+pytestmark = pytest.mark.slow
+SERVER = ("--compensation", "full", "--mom", "0.5", "--server_lr", "0.3")
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def overlap_run(mnist_root, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("overlap") / "run"
+    done = run_job("AsyncFedAvg.py", *QUICK_MNIST, *SERVER, "--max_epoch", "3", out_dir=out_dir,
+                   data_dir=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out_dir
+
+
+def simulate_overlap(mnist_root, rounds: int) -> list[float]:
+    """The DESIGN §3 pipeline in one process, written out round by round: round r trains from G_{r-1}
+    (round 0 and 1 from G_0), the server applies the stale update with the same settings."""
+    torch.set_num_threads(1)
+    cfg = RunConfig(script="AsyncFedAvg", overlap=True, world_size=3, dataset="mnist", model="mlp",
+                    client_epoch=1, max_epoch=rounds, max_train_samples=6000, data_dir=str(mnist_root),
+                    compensation="full", mom=0.5, server_lr=0.3)
+    data = limit_training_set(load_dataset("mnist", mnist_root), cfg.max_train_samples, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model("mlp", 10)
+    shards = client_shards(cfg, data)
+    trainers = [LocalTrainer(build_model("mlp", 10), data, shard, batch_size=32, lr=0.01, epochs=1,
+                             seed=cfg.seed, rank=k + 1) for k, shard in enumerate(shards)]
+    update = ServerUpdate(flatten_model(model), stale=True, momentum=0.5, server_lr=0.3, compensation="full")
+    weights = client_weights([len(s) for s in shards])
+    versions, accuracy = [update.current.clone()], []
+    for r in range(rounds):
+        start = versions[max(r - 1, 0)]
+        moments = update.new_round()
+        for trainer, weight in zip(trainers, weights, strict=True):
+            moments.add(trainer.train_round(start, r)[0], weight)
+        versions.append(update.apply(moments).clone())
+        load_flat_into_model(update.current, model)
+        accuracy.append(evaluate(model, data)["accuracy"])
+    return accuracy
+
+
+def test_overlap_learns_and_matches_the_pipeline_written_out(overlap_run, mnist_root):
+    rows = read_metrics(overlap_run)
+    accuracy = [float(r["accuracy"]) for r in rows]
+    assert len(rows) == 3 and accuracy[-1] > 0.65 and accuracy[0] < accuracy[1] < accuracy[2], accuracy
+    assert all(r[c] != "" for r in rows for c in ("comm_s", "comm_wait_s", "train_s")), rows
+    config = read_config(overlap_run)
+    assert config["overlap"] is True and config["compensation"] == "full" and config["mom"] == 0.5
+    # The distributed run trains exactly the one-version-stale schedule, bit for bit.
+    assert [f"{a:.6g}" for a in simulate_overlap(mnist_root, 3)] == [r["accuracy"] for r in rows]
+
+
+def test_identical_metrics_on_a_slow_emulated_link(overlap_run, mnist_root, tmp_path):
+    # 799 kB per message at 100 Mbit/s + 30 ms latency: ~90 ms per transfer, near the training time.
+    done = run_job("AsyncFedAvg.py", *QUICK_MNIST, *SERVER, "--max_epoch", "3", "--bandwidth", "100",
+                   "--latency", "30", out_dir=tmp_path / "slow", data_dir=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    slow = read_metrics(tmp_path / "slow")
+    assert without_timing(slow) == without_timing(read_metrics(overlap_run))
+    assert np.mean([float(r["comm_s"]) for r in slow]) > 2 * 0.09   # the link was really slow
+
+
+def test_grid_runs_each_combination_in_its_own_directory(mnist_root, tmp_path):
+    done = run_job("AsyncFedAvg.py", *QUICK_MNIST, "--max_epoch", "1", "--lr", "0.01", "0.05",
+                   "--mom", "0.5", out_dir=tmp_path / "grid", data_dir=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for lr in ("0.01", "0.05"):
+        run_dir = tmp_path / "grid" / f"lr{lr}-mom0.5-lambd0.04"
+        assert read_config(run_dir)["lr"] == float(lr) and len(read_metrics(run_dir)) == 1
+    assert "grid summary" in done.stderr and "lr0.05-mom0.5-lambd0.04" in done.stderr.split("grid summary")[1]
+
+
+def test_optuna_searches_and_prunes_early_stopped_trials(mnist_root, tmp_path):
+    pytest.importorskip("optuna")
+    done = run_job("AsyncFedAvg.py", *QUICK_MNIST, "--max_epoch", "2", "--optuna", "--optuna_lr", "0.005",
+                   "0.05", "--optuna_trials", "2", "--optuna_early_stop", "1", "0.5",
+                   out_dir=tmp_path / "search", data_dir=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "optuna: 2 trials" in done.stderr and "(maximize accuracy)" in done.stderr
+    assert "best trial" in done.stderr
+    lrs = {read_config(tmp_path / "search" / f"trial{n}")["lr"] for n in range(2)}
+    assert len(lrs) == 2 and all(0.005 <= lr <= 0.05 for lr in lrs)
+
+
+def test_early_stop_ends_a_poor_run_and_every_process(mnist_root, tmp_path):
+    env = job_env()
+    done = run_job("AsyncFedAvg.py", *QUICK_MNIST, "--max_epoch", "5", "--optuna_early_stop", "1", "0.99",
+                   out_dir=tmp_path / "stop", data_dir=mnist_root, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(read_metrics(tmp_path / "stop")) == 2   # decided on G_1, announced with G_2
+    assert "stopped early" in done.stderr
+
+
+def test_optuna_missing_is_a_clear_error(mnist_root, tmp_path):
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "optuna.py").write_text("raise ImportError('optuna is not installed')\n")
+    env = job_env(PYTHONPATH=str(blocker))
+    done = run_job("AsyncFedAvg.py", *QUICK_MNIST, "--optuna", "--optuna_lr", "0.005", "0.05",
+                   out_dir=tmp_path / "none", data_dir=mnist_root, env=env, timeout=60)
+    assert done.returncode == 2
+    assert "--optuna needs the optuna package" in done.stderr.strip().splitlines()[-1]
+
+
+def test_search_direction_follows_the_metric():
+    from Utils.sweep import study_direction
+    assert study_direction("mnist") == ("accuracy", "maximize")
+    assert study_direction("wikitext2") == ("perplexity", "minimize")
