@@ -61,11 +61,13 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
         log_file = Path(cfg.out_dir) / "train.log"
     setup_logging(rank, log_file)
     device = pick_device(cfg, rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     try:
         transport.init_process_group(rank, cfg.world_size,
                                      master_addr=None if rendezvous_from_env else cfg.master_addr,
                                      master_port=None if rendezvous_from_env else cfg.master_port,
-                                     backend=cfg.backend, timeout_s=cfg.timeout)
+                                     backend=cfg.backend, timeout_s=cfg.timeout, device=device)
         data = limit_training_set(load_dataset(cfg.dataset, cfg.data_dir), cfg.max_train_samples, cfg.seed)
         text = isinstance(data, TextData)
         num_classes = data.vocab_size if text else data.num_classes

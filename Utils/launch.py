@@ -39,6 +39,8 @@ def launch(cfg: RunConfig) -> tuple[int, dict | None]:
     """Run the job; return (exit status, the server's summary when this process ran or spawned it)."""
     setup_logging(None)
     try:
+        if cfg.backend == "nccl" and not torch.cuda.is_available():
+            raise LaunchError("--backend nccl needs CUDA on every rank; use --backend gloo on this machine")
         from_env = transport.environment_rank()
         if from_env is not None:
             return 0, _run_one_rank(cfg, *from_env)
@@ -64,6 +66,7 @@ def _run_one_rank(cfg: RunConfig, rank: int, world_size: int) -> dict | None:
                               f"{'address' if name == 'MASTER_ADDR' else 'port'} on every machine")
     os.environ.setdefault("OVERLAP_FEDAVG_LAUNCH_TIME", str(time.time()))
     cfg = replace(cfg, world_size=world_size).with_run_dir()
+    log.info("rank %d of %d: %s", rank, world_size, device_note(cfg))
     return run_rank(rank, cfg, rendezvous_from_env=True)
 
 
@@ -74,8 +77,7 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     elif not transport.port_is_free("", cfg.master_port):
         raise LaunchError(f"port {cfg.master_port} is already in use on this machine; pass another "
                           f"--master_port (or 0 to pick a free one)")
-    if cfg.gpus is not None and not torch.cuda.is_available():
-        log.info("CUDA is not available: every rank runs on the CPU")
+    log.info("%s", device_note(cfg))
     ensure_dataset(cfg.dataset, cfg.data_dir)   # once here, not N+1 times in parallel
     cfg = cfg.with_run_dir()
     log.info("%s: %d processes (server + %d clients), run directory %s", cfg.script, cfg.world_size,
@@ -98,6 +100,15 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
         _terminate(context.processes)
         return EXIT_INTERRUPTED, None
     return 0, summaries.get() if not summaries.empty() else None
+
+
+def device_note(cfg: RunConfig) -> str:
+    """The one line that says where the ranks compute."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available: every rank runs on the CPU" + (" (--gpus ignored)" if cfg.gpus else "")
+    if cfg.gpus is None:
+        return "every rank runs on the CPU (pass --gpus to use CUDA)"
+    return f"ranks use CUDA devices {','.join(map(str, cfg.gpus))} (cycled over the ranks)"
 
 
 def _terminate(processes, grace_s: float = 5.0) -> None:

@@ -35,6 +35,10 @@ SERVER_RANK = 0
 STATS_FIELDS = ("train_loss", "train_s", "comm_wait_s", "comm_s")
 
 
+# nccl moves only CUDA tensors: messages are staged on this rank's device (None: gloo, CPU tensors).
+_nccl_device: torch.device | None = None
+
+
 class PeerFailure(RuntimeError):
     """A peer crashed, hung past the timeout, or closed its connection."""
 
@@ -62,12 +66,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def init_process_group(rank: int, world_size: int, *, master_addr: str | None, master_port: int | None,
-                       backend: str, timeout_s: float) -> None:
+                       backend: str, timeout_s: float, device: torch.device | None = None) -> None:
     """Join the job's process group; every later collective or point-to-point wait times out after timeout_s.
 
     With master_addr/master_port None the rendezvous comes from the environment (torchrun, or RANK,
     WORLD_SIZE, MASTER_ADDR, MASTER_PORT set by hand on each machine).
     """
+    global _nccl_device
+    _nccl_device = device if backend == "nccl" else None
     init_method = "env://" if master_addr is None else f"tcp://{master_addr}:{master_port}"
     try:
         dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
@@ -160,13 +166,17 @@ def send(tensor: torch.Tensor, dst: int, link: Link = Link()) -> int:
     delay = link.delay_s(num_bytes)
     if delay > 0:
         time.sleep(delay)
-    _peer_call("sending to", dst, lambda: dist.send(tensor, dst))
+    staged = tensor if _nccl_device is None else tensor.to(_nccl_device)
+    _peer_call("sending to", dst, lambda: dist.send(staged, dst))
     return num_bytes
 
 
 def recv(buffer: torch.Tensor, src: int, link: Link = Link()) -> int:
     """Blocking receive into buffer; with an emulated link it is handed over after the link's delay."""
-    _peer_call("receiving from", src, lambda: dist.recv(buffer, src))
+    staged = buffer if _nccl_device is None else torch.empty_like(buffer, device=_nccl_device)
+    _peer_call("receiving from", src, lambda: dist.recv(staged, src))
+    if staged is not buffer:
+        buffer.copy_(staged)
     num_bytes = buffer.numel() * buffer.element_size()
     delay = link.delay_s(num_bytes)
     if delay > 0:
@@ -176,7 +186,8 @@ def recv(buffer: torch.Tensor, src: int, link: Link = Link()) -> int:
 
 def send_to_all(tensor: torch.Tensor, destinations: list[int]) -> int:
     """The server's broadcast over the star: one point-to-point send per client, all in flight at once."""
-    works = [(dst, dist.isend(tensor, dst)) for dst in destinations]
+    staged = tensor if _nccl_device is None else tensor.to(_nccl_device)
+    works = [(dst, dist.isend(staged, dst)) for dst in destinations]
     for dst, work in works:
         _peer_call("sending to", dst, work.wait)
     return len(destinations) * tensor.numel() * tensor.element_size()

@@ -1,0 +1,81 @@
+"""The transport module's pieces that need no process group: flat messages, link delay, the comm thread."""
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+from Networks import build_model
+from Utils import transport
+
+
+def test_flat_message_round_trip_leaves_constant_tables_home():
+    torch.manual_seed(0)
+    source = build_model("transformer", 50)
+    flat = transport.flatten_model(source, extra=(1.5, 2.5))
+    assert flat.dtype == torch.float32
+    assert flat.numel() == sum(p.numel() for p in source.parameters()) + 2   # no positional table
+    torch.manual_seed(1)
+    target = build_model("transformer", 50)
+    transport.load_flat_into_model(flat, target)
+    for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    model_part, stats = transport.split_upload(transport.flatten_model(source, (0.5, 1.0, 2.0, 3.0)),
+                                               transport.model_size(source))
+    assert stats == {"train_loss": 0.5, "train_s": 1.0, "comm_wait_s": 2.0, "comm_s": 3.0}
+    assert torch.equal(model_part, flat[:-2])
+
+
+def test_flatten_copies_so_training_cannot_change_a_message():
+    model = build_model("mlp", 10)
+    flat = transport.flatten_model(model)
+    before = flat.clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert torch.equal(flat, before)
+
+
+def test_link_delay_is_latency_plus_bits_over_bandwidth():
+    assert transport.Link().delay_s(10**9) == 0.0
+    assert transport.Link(bandwidth_mbit=8.0, latency_ms=50).delay_s(1_000_000) == pytest.approx(0.05 + 1.0)
+    assert transport.Link(latency_ms=20).delay_s(123) == pytest.approx(0.02)
+
+
+def test_comm_thread_runs_jobs_in_order_in_the_background():
+    comm = transport.CommThread()
+    order = []
+    release = threading.Event()
+    first = comm.submit(lambda: (release.wait(5), order.append(1), "a")[-1])
+    second = comm.submit(lambda: (order.append(2), "b")[-1])
+    assert not first.done.is_set()          # the submitter was not blocked
+    release.set()
+    assert first.wait(5) == "a" and second.wait(5) == "b" and order == [1, 2]
+    assert first.seconds > 0
+    comm.close()
+
+
+def test_comm_thread_exception_is_reraised_in_the_waiter():
+    comm = transport.CommThread()
+    job = comm.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        job.wait(5)
+    assert comm.submit(lambda: "still alive").wait(5) == "still alive"
+    comm.close()
+
+
+def test_a_job_that_never_finishes_times_out():
+    comm = transport.CommThread()
+    job = comm.submit(lambda: time.sleep(2))
+    with pytest.raises(transport.PeerFailure, match="did not finish within"):
+        job.wait(0.1)
+    comm.close()
+
+
+def test_port_checks():
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        assert not transport.port_is_free("", busy.getsockname()[1])
+    assert transport.port_is_free("", transport.free_port())
