@@ -56,10 +56,12 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
         message = job.wait(cfg.timeout)
         return message, (time.perf_counter() - waited_from, job.seconds)
 
+    def is_stop(message: torch.Tensor) -> bool:
+        return message[-1].item() == STOP
+
     global_message = download()   # G_0
     last_job_stats = (math.nan, math.nan)
     pending: transport.Job | None = None
-    stopped = False
     try:
         for round_index in range(cfg.max_epoch):
             inject_fault(rank, round_index)
@@ -69,22 +71,20 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
             if pending is not None:   # Overlap: G_r arrives while (or after) round r+1 trains
                 global_message, last_job_stats = finish(pending)
                 pending = None
-                if global_message[-1].item() == STOP:
-                    stopped = True
-                    break
+                if is_stop(global_message):
+                    return
             upload = torch.cat([local, torch.tensor([train_loss, train_s, *last_job_stats])])
             pending = comm.submit(lambda upload=upload: exchange(upload))
             if not cfg.overlap:       # FedAvg: block on the exchange
                 global_message, last_job_stats = finish(pending)
                 pending = None
-                if global_message[-1].item() == STOP:
-                    stopped = True
-                    break
-            log.debug("round %d trained in %.2f s, loss %.4f", round_index + 1, train_s, train_loss)
+                if is_stop(global_message):
+                    return
         if pending is not None:
             global_message, last_job_stats = finish(pending)
-            stopped = global_message[-1].item() == STOP
-        if not stopped:   # the last job's figures, for the server's last metrics row
-            transport.send(torch.tensor([math.nan, math.nan, *last_job_stats]), transport.SERVER_RANK)
+            if is_stop(global_message):
+                return
+        # The last job's figures, for the server's last metrics row.
+        transport.send(torch.tensor([math.nan, math.nan, *last_job_stats]), transport.SERVER_RANK)
     finally:
         comm.close()
