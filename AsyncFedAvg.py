@@ -43,6 +43,10 @@ if __name__ == "__main__":
         bounds = getattr(args, name)
         if bounds and not bounds[0] < bounds[1]:
             parser.error(f"--{name} LOW HIGH needs LOW < HIGH, got {bounds[0]} {bounds[1]}")
+    if args.optuna and not (args.optuna_lr or args.optuna_mom or args.optuna_lambd):
+        parser.error("--optuna needs a search range: --optuna_lr, --optuna_mom and/or --optuna_lambd LOW HIGH")
+    if not args.optuna and (args.optuna_lr or args.optuna_mom or args.optuna_lambd or args.optuna_trials != 10):
+        parser.error("--optuna_lr/--optuna_mom/--optuna_lambd/--optuna_trials take effect only with --optuna")
     if args.optuna_mom and args.optuna_mom[1] >= 1:
         parser.error("--optuna_mom HIGH must be below 1")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,10 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(cfg: RunConfig, rank: int) -> torch.device:
-    """--gpus lists one CUDA device per rank (cycled when shorter); without CUDA every rank uses the CPU."""
+    """--gpus lists one CUDA device per rank on this machine (LOCAL_RANK under torchrun; cycled when
+    shorter); without CUDA every rank uses the CPU."""
     if cfg.gpus is None or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device(f"cuda:{cfg.gpus[rank % len(cfg.gpus)]}")
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    return torch.device(f"cuda:{cfg.gpus[local_rank % len(cfg.gpus)]}")
 
 
 def limit_training_set(data, max_samples: int | None, seed: int):
@@ -43,7 +46,7 @@ def limit_training_set(data, max_samples: int | None, seed: int):
 def client_shards(cfg: RunConfig, data) -> list:
     """Each client's share of the training data: sample indices, or a (start, stop) token slice."""
     if isinstance(data, TextData):
-        return partition_tokens(len(data.train_tokens), cfg.num_clients, cfg.partition, cfg.seed)
+        return partition_tokens(len(data.train_tokens), cfg.num_clients, cfg.partition, cfg.seed, alpha=cfg.alpha)
     return partition_samples(data.train_labels, cfg.num_clients, cfg.partition, cfg.seed, alpha=cfg.alpha)
 
 

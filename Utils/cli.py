@@ -28,6 +28,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -71,7 +78,7 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     add("--batch_size", type=positive_int, default=32, help="client batch size")
     add("--max_epoch", type=positive_int, default=10, help="rounds R (global model versions after G_0)")
     add("--client_epoch", type=positive_int, default=5, help="local epochs E per round")
-    add("--seed", type=int, default=2020)
+    add("--seed", type=seed_value, default=2020, help="seeds the model, partitions and every client's RNG")
     add("--partition", default="noniid", choices=PARTITION_SCHEMES,
         help="how the training set is split across clients (noniid: the official label shards)")
     add("--alpha", type=positive_float, default=0.5, help="Dirichlet concentration for --partition dirichlet")
@@ -86,7 +93,7 @@ def common_parser(description: str) -> argparse.ArgumentParser:
         help="emulate each client's link at this many Mbit/s (default: the real network)")
     add("--latency", type=non_negative_float, default=0.0, help="emulated link latency per message, ms")
     add("--max_train_samples", type=positive_int, default=None,
-        help="train on a seeded random subset of this many samples (text: tokens) for quick trials")
+        help="train on a seeded random subset of this many samples (text: the first N tokens) for quick trials")
     add("--eval_every", type=non_negative_int, default=1,
         help="evaluate the global model every N rounds and after the last (0: never, for timing runs)")
     add("--timeout", type=positive_float, default=1800.0,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -29,7 +30,26 @@ class LaunchError(ValueError):
     """A problem with the job's set-up that the user can fix (busy port, world size, missing data)."""
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this rank if the launcher dies, even by SIGKILL (no orphans)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass   # not Linux: the launcher's own handlers still stop the ranks
+
+
+class _Terminated(Exception):
+    """SIGTERM reached the launcher."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
 def _spawned_rank(rank: int, cfg: RunConfig, summaries) -> None:
+    _die_with_parent()
     summary = run_rank(rank, cfg)
     if summary is not None:
         summaries.put(summary)
@@ -64,14 +84,24 @@ def _run_one_rank(cfg: RunConfig, rank: int, world_size: int) -> dict | None:
         if name not in os.environ:
             raise LaunchError(f"RANK and WORLD_SIZE are set but {name} is not; set it to the server's "
                               f"{'address' if name == 'MASTER_ADDR' else 'port'} on every machine")
-    os.environ.setdefault("OVERLAP_FEDAVG_LAUNCH_TIME", str(time.time()))
+    os.environ.setdefault("OVERLAP_FEDAVG_LAUNCH_TIME", str(process_start_time()))
     cfg = replace(cfg, world_size=world_size).with_run_dir()
     log.info("rank %d of %d: %s", rank, world_size, device_note(cfg))
     return run_rank(rank, cfg, rendezvous_from_env=True)
 
 
+def process_start_time() -> float:
+    """When this process started (Linux /proc), so start-up includes the interpreter and torch import."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
 def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
-    os.environ["OVERLAP_FEDAVG_LAUNCH_TIME"] = str(time.time())
+    os.environ["OVERLAP_FEDAVG_LAUNCH_TIME"] = str(process_start_time())
     if cfg.master_port == 0:
         cfg = replace(cfg, master_port=transport.free_port())
     elif not transport.port_is_free("", cfg.master_port):
@@ -85,6 +115,7 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     summaries = mp.get_context("spawn").SimpleQueue()
     context = mp.start_processes(_spawned_rank, args=(cfg, summaries), nprocs=cfg.world_size,
                                  join=False, start_method="spawn")
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         while not context.join(timeout=1.0):
             pass
@@ -95,10 +126,12 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
         cause = f"signal {error.signal_name}" if error.signal_name else f"exit code {error.exit_code}"
         log.error("rank %d died (%s); the job was stopped", error.error_index, cause)
         return EXIT_FAILED, None
-    except KeyboardInterrupt:
-        log.error("interrupted: stopping every rank")
+    except (KeyboardInterrupt, _Terminated) as stop:
+        log.error("%s: stopping every rank", "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated")
         _terminate(context.processes)
         return EXIT_INTERRUPTED, None
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     return 0, summaries.get() if not summaries.empty() else None
 
 

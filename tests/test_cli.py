@@ -34,8 +34,11 @@ CASES = [
     (["FedAvg.py", "--master_port", "70000"], "must be a port between"),
     (["AsyncFedAvg.py", "--compensation", "taylor"], "invalid choice: 'taylor'"),
     (["AsyncFedAvg.py", "--mom", "1.2"], "--mom must be below 1"),
-    (["AsyncFedAvg.py", "--optuna_lr", "0.1", "0.01"], "needs LOW < HIGH"),
+    (["AsyncFedAvg.py", "--optuna", "--optuna_lr", "0.1", "0.01"], "needs LOW < HIGH"),
     (["AsyncFedAvg.py", "--optuna_early_stop", "x", "0.9"], "ROUND (an integer)"),
+    (["AsyncFedAvg.py", "--optuna"], "--optuna needs a search range"),
+    (["AsyncFedAvg.py", "--optuna_lr", "0.01", "0.1"], "take effect only with --optuna"),
+    (["FedAvg.py", "--seed", "-1"], "must be between 0 and 2**32 - 1"),
     (["AsyncFedAvg.py", "--max_epoch", "3", "--optuna_early_stop", "5", "0.9"], "between 1 and --max_epoch 3"),
 ]
 

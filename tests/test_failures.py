@@ -44,7 +44,10 @@ def test_a_busy_port_is_a_clear_error(mnist_root, tmp_path):
     assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
 
 
-def test_ctrl_c_stops_every_process(mnist_root, tmp_path):
+@pytest.mark.parametrize(("how", "whom"), [("SIGINT", "group"), ("SIGTERM", "launcher"), ("SIGKILL", "launcher")],
+                         ids=["ctrl-c", "terminate-launcher", "kill-launcher"])
+def test_stopping_the_launcher_stops_every_process(how, whom, mnist_root, tmp_path):
+    """Ctrl-C in a terminal signals the whole group; `kill` reaches the launcher alone. No rank survives."""
     env = job_env()
     job = subprocess.Popen([sys.executable, "FedAvg.py", *QUICK_MNIST, "--max_epoch", "50",
                             "--out_dir", str(tmp_path / "run"), "--data_dir", str(mnist_root)],
@@ -55,10 +58,15 @@ def test_ctrl_c_stops_every_process(mnist_root, tmp_path):
         time.sleep(0.2)
     time.sleep(1.0)
     assert len(processes_with_tag(env["OVERLAP_FEDAVG_TEST_TAG"])) >= 4   # launcher + 3 ranks
-    os.killpg(job.pid, signal.SIGINT)   # what Ctrl-C in a terminal does
+    signum = getattr(signal, how)
+    if whom == "group":
+        os.killpg(job.pid, signum)
+    else:
+        job.send_signal(signum)
     _, stderr = job.communicate(timeout=30)
     assert job.returncode != 0
-    assert "interrupted" in stderr
+    if how != "SIGKILL":
+        assert "stopping every rank" in stderr
     assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
 
 

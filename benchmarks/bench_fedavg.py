@@ -1,0 +1,259 @@
+"""FedAvg.py end to end: accuracy, the cost of the FL machinery over bare training, and start-up time.
+
+Every figure comes from real FedAvg.py jobs (subprocesses; metrics.csv and train.log of their --out_dir):
+
+- accuracy: 4 clients, MNIST, MLP, non-IID, lr 0.01, 10 rounds of 5 local epochs must end at >= 95 %.
+- overhead: 4 clients, 1 local epoch per round, no emulated link, no server evaluation (--eval_every 0, so
+  nothing competes with the clients for the cores). The mean steady-state round time (round_s, rounds
+  2..R) must be at most 1.05x the time the same 4 shards take as 4 bare training loops in 4 concurrent
+  processes (one thread each, plain SGD over shuffled batches of in-memory tensors, no communication),
+  each round started together by a barrier and timed by its slowest process. Bare and FL runs alternate.
+- start-up: launch to G_0 sent (the server's "start-up X s" line) and mean round time for world sizes 5
+  and 9 (1 local epoch per round, no evaluation). Reported, no target.
+
+    python benchmarks/bench_fedavg.py --data_dir ./data
+    python benchmarks/bench_fedavg.py --data_dir ./data --only overhead --overhead_repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import multiprocessing as mp
+import os
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from Characters.rank import limit_training_set  # noqa: E402
+from Networks import build_model  # noqa: E402
+from Utils.datasets import load_dataset  # noqa: E402
+from Utils.partition import partition_samples  # noqa: E402
+
+SECTIONS = ("accuracy", "overhead", "startup")
+SEED, LR, BATCH_SIZE, PARTITION = 2020, 0.01, 32, "noniid"
+COMMANDS: list[str] = []   # every job command line, printed at the end
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+@dataclass
+class JobResult:
+    command: str
+    rows: list[dict]    # metrics.csv, numbers as floats (NaN where empty)
+    log: str            # the server's train.log
+    elapsed_s: float    # the whole subprocess, interpreter start to exit
+
+
+def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) -> JobResult:
+    """Run one FedAvg.py / AsyncFedAvg.py job to completion; exit the benchmark if it fails."""
+    command = [sys.executable, script, *options, "--master_port", "0", "--out_dir", str(out_dir)]
+    COMMANDS.append(shlex.join(command))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    with (out_dir / "job.out").open("w") as output:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)   # its own group: a timeout stops every rank
+        try:
+            status = process.wait(timeout_s)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            sys.exit(f"job timed out or interrupted after {time.perf_counter() - began:.0f} s: {COMMANDS[-1]}")
+    elapsed = time.perf_counter() - began
+    if status != 0:
+        tail = (out_dir / "job.out").read_text()[-3000:]
+        sys.exit(f"job failed with exit status {status}: {COMMANDS[-1]}\n{tail}")
+    with (out_dir / "metrics.csv").open() as f:
+        rows = [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+    return JobResult(COMMANDS[-1], rows, (out_dir / "train.log").read_text(), elapsed)
+
+
+def steady_mean(rows: list[dict], column: str) -> float:
+    """Mean of a column over rounds 2..R (round 1 is warm-up); round 1 alone when that is all there is."""
+    values = [r[column] for r in (rows[1:] or rows) if not math.isnan(r[column])]
+    return statistics.fmean(values) if values else math.nan
+
+
+def logged_startup_s(log: str) -> float:
+    found = re.search(r"start-up ([\d.]+) s", log)
+    return float(found.group(1)) if found else math.nan
+
+
+def logged_shard_sizes(log: str) -> list[int]:
+    """The server's "N clients, 21,600, 23,500, ... samples each" line (thousands separators have no space)."""
+    found = re.search(r"\d+ clients, (.+?) samples each", log)
+    return [int(part.replace(",", "")) for part in found.group(1).split(", ")] if found else []
+
+
+def mnist_mlp_options(args, world_size: int, rounds: int, epochs: int, *, evaluate: bool) -> list[str]:
+    options = ["--world_size", str(world_size), "--dataset", "mnist", "--model", "mlp", "--lr", str(LR),
+               "--batch_size", str(BATCH_SIZE), "--seed", str(SEED), "--partition", PARTITION,
+               "--max_epoch", str(rounds), "--client_epoch", str(epochs), "--data_dir", args.data_dir]
+    if not evaluate:
+        options += ["--eval_every", "0"]
+    if args.max_train_samples:
+        options += ["--max_train_samples", str(args.max_train_samples)]
+    return options
+
+
+# ---------------------------------------------------------------------------------------- bare loops
+
+def bare_client(index: int, num_clients: int, rounds: int, epochs: int, data_dir: str,
+                max_train_samples: int | None, barrier, results) -> None:
+    """One bare training process: the FL client's shard and model, plain SGD, no communication."""
+    torch.set_num_threads(1)
+    data = limit_training_set(load_dataset("mnist", data_dir, download=False), max_train_samples, SEED)
+    shard = torch.as_tensor(partition_samples(data.train_labels, num_clients, PARTITION, SEED)[index])
+    images, labels = data.train_images[shard].contiguous(), data.train_labels[shard].contiguous()
+    torch.manual_seed(SEED)
+    model = build_model("mlp", data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(SEED + index)
+    round_s = []
+    for _ in range(rounds):
+        barrier.wait()
+        began = time.perf_counter()
+        for _ in range(epochs):
+            order = torch.randperm(len(labels), generator=generator)
+            for start in range(0, len(labels), BATCH_SIZE):
+                batch = order[start:start + BATCH_SIZE]
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(images[batch]), labels[batch]).backward()
+                optimizer.step()
+        round_s.append(time.perf_counter() - began)
+    results.put((index, len(labels), round_s))
+
+
+def run_bare(args, num_clients: int, rounds: int, epochs: int) -> tuple[list[float], list[int]]:
+    """Per round, the slowest process's time; and each process's shard size."""
+    context = mp.get_context("spawn")
+    barrier, results = context.Barrier(num_clients), context.Queue()
+    workers = [context.Process(target=bare_client, args=(i, num_clients, rounds, epochs, args.data_dir,
+                                                         args.max_train_samples, barrier, results))
+               for i in range(num_clients)]
+    for worker in workers:
+        worker.start()
+    try:
+        collected = sorted(results.get(timeout=args.job_timeout) for _ in workers)
+    finally:
+        for worker in workers:
+            worker.join(5)
+            if worker.is_alive():
+                worker.kill()
+    per_round = [max(times[r] for _, _, times in collected) for r in range(rounds)]
+    return per_round, [size for _, size, _ in collected]
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+def section_accuracy(args, work: Path, verdicts: list) -> None:
+    options = mnist_mlp_options(args, 5, args.accuracy_rounds, args.accuracy_epochs, evaluate=True)
+    job = run_job("FedAvg.py", options, work / "accuracy", args.job_timeout)
+    print(f"\n## Accuracy: FedAvg, 4 clients, MNIST MLP, non-IID, lr {LR}, "
+          f"{args.accuracy_rounds} rounds x {args.accuracy_epochs} local epochs")
+    print("| round | accuracy | test_loss | round_s |\n|---|---|---|---|")
+    for row in job.rows:
+        print(f"| {row['round']:.0f} | {row['accuracy']:.4f} | {row['test_loss']:.4f} | {row['round_s']:.2f} |")
+    final = job.rows[-1]["accuracy"]
+    best = max(job.rows, key=lambda row: row["accuracy"])
+    print(f"best {best['accuracy']:.4f} (round {best['round']:.0f}), final {final:.4f}; the target is on the final")
+    verdicts.append((f"FedAvg final accuracy {final:.4f} >= {args.target_accuracy}", final >= args.target_accuracy))
+
+
+def section_overhead(args, work: Path, verdicts: list) -> None:
+    rounds, clients = args.overhead_rounds, 4
+    bare_means, fl_means, shards = [], [], []
+    for repeat in range(args.overhead_repeats):   # alternate bare and FL: both see the same machine drift
+        per_round, shards = run_bare(args, clients, rounds, 1)
+        bare_means.append(statistics.fmean(per_round[1:] or per_round))
+        options = mnist_mlp_options(args, clients + 1, rounds, 1, evaluate=False)
+        job = run_job("FedAvg.py", options, work / f"overhead-{repeat + 1}", args.job_timeout)
+        fl_means.append(steady_mean(job.rows, "round_s"))
+        fl_shards = logged_shard_sizes(job.log)
+        if fl_shards != shards:
+            sys.exit(f"the bare loops' shards {shards} differ from the FL job's {fl_shards}")
+    bare, fl = statistics.fmean(bare_means), statistics.fmean(fl_means)
+    print(f"\n## Overhead: FedAvg vs bare loops, {clients} clients (shards {', '.join(f'{s:,}' for s in shards)}), "
+          f"MNIST MLP, batch {BATCH_SIZE}, 1 local epoch x {rounds} rounds, rounds 2..{rounds} averaged")
+    print("FL jobs run with --eval_every 0 (no server evaluation competing for the cores), no emulated link.")
+    print(f"bare: {clients} spawned processes, 1 thread each, barrier at each round start, round = slowest "
+          f"process. FL: {clients} client processes + the server.")
+    print("| repeat | bare round s | FedAvg round_s | ratio |\n|---|---|---|---|")
+    for repeat, (b, f) in enumerate(zip(bare_means, fl_means, strict=True), 1):
+        print(f"| {repeat} | {b:.3f} | {f:.3f} | {f / b:.3f} |")
+    print(f"| mean | {bare:.3f} | {fl:.3f} | **{fl / bare:.3f}** |")
+    ratio = fl / bare
+    verdicts.append((f"FedAvg round / bare round {ratio:.3f} <= {args.max_overhead}", ratio <= args.max_overhead))
+
+
+def section_startup(args, work: Path, verdicts: list) -> None:
+    results = []
+    for world_size in args.world_sizes:
+        options = mnist_mlp_options(args, world_size, args.startup_rounds, 1, evaluate=False)
+        job = run_job("FedAvg.py", options, work / f"startup-ws{world_size}", args.job_timeout)
+        results.append((world_size, logged_startup_s(job.log), job.rows[0]["round_s"],
+                        steady_mean(job.rows, "round_s"), job.elapsed_s))
+    print(f"\n## Start-up and round time: FedAvg, MNIST MLP, 1 local epoch x {args.startup_rounds} rounds, "
+          "--eval_every 0 (no target)")
+    print("| world size | clients | start-up s (launch to G_0 sent) | round 1 s | mean round s (2..R) | "
+          "whole process s |\n|---|---|---|---|---|---|")
+    for world_size, startup, first, mean, elapsed in results:
+        print(f"| {world_size} | {world_size - 1} | {startup:.1f} | {first:.2f} | {mean:.2f} | {elapsed:.1f} |")
+    verdicts.append(("start-up and round times reported (no target)", None))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
+    add("--data_dir", default="./data", help="data root holding MNIST (see prepare_data.py)")
+    add("--work_dir", default=None, help="keep the run directories here (default: a temporary directory)")
+    add("--max_train_samples", type=int, default=None, help="smoke tests only: a seeded subset of MNIST")
+    add("--accuracy_rounds", type=int, default=10)
+    add("--accuracy_epochs", type=int, default=5)
+    add("--target_accuracy", type=float, default=0.95)
+    add("--overhead_rounds", type=int, default=6)
+    add("--overhead_repeats", type=int, default=2, help="bare/FL pairs, run alternately")
+    add("--max_overhead", type=float, default=1.05, help="target: FL round / bare round")
+    add("--world_sizes", type=int, nargs="+", default=[5, 9], help="start-up section")
+    add("--startup_rounds", type=int, default=4)
+    add("--job_timeout", type=float, default=1800.0, help="seconds before a job is declared hung")
+    args = parser.parse_args()
+    args.data_dir = str(Path(args.data_dir).resolve())
+
+    verdicts: list[tuple[str, bool | None]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-fedavg-") as scratch:
+        work = Path(args.work_dir).resolve() if args.work_dir else Path(scratch)
+        print(f"benchmark: {shlex.join([sys.executable] + sys.argv)}\nrun directories: {work}"
+              f"{' (deleted at exit)' if not args.work_dir else ''}")
+        if args.max_train_samples:
+            print(f"SMOKE SETTINGS: --max_train_samples {args.max_train_samples}; the figures are not the benchmark's")
+        sections = {"accuracy": section_accuracy, "overhead": section_overhead, "startup": section_startup}
+        for name, section in sections.items():
+            if name in args.only:
+                section(args, work, verdicts)
+    print("\n## Commands (run from " + str(ROOT) + ")")
+    for command in COMMANDS:
+        print(command)
+    print("\n## Targets")
+    for text, passed in verdicts:
+        print(f"{'INFO' if passed is None else 'PASS' if passed else 'FAIL'}  {text}")
+    sys.exit(0 if all(passed is not False for _, passed in verdicts) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""FedAvg and Overlap-FedAvg side by side in one run: same seed, data, model and emulated link.
+
+Every figure comes from real FedAvg.py / AsyncFedAvg.py jobs (subprocesses; metrics.csv and train.log of
+their --out_dir). 4 clients, MNIST, MLP, non-IID, seed 2020; AsyncFedAvg.py with its defaults.
+
+- overlap: a pilot FedAvg job without a link measures one round's training (mean round_s, rounds 2..R,
+  1 local epoch: the slowest client's concurrent training plus loopback exchange). The link bandwidth is
+  then set so that one upload + one download take that long: 2 * (latency + 8 * bytes / bandwidth) =
+  training. On that link (--bandwidth, --latency on both scripts, --eval_every 0), Overlap-FedAvg's
+  mean round time must be at most 1.10x max(training, communication) and at most 0.6x FedAvg's.
+- accuracy: 10 rounds of 5 local epochs, evaluated every round. Overlap-FedAvg's final accuracy must be
+  within 0.5 points of FedAvg's or better, and no Overlap round may fall more than 2 points below the
+  round before it.
+- time_to_accuracy: wall-clock seconds (metrics wall_s) for each to first reach 95 % on the link. It
+  reuses the accuracy runs, which then run on the link (the schedule is fixed, so the link changes only
+  timing, never the accuracy): cheaper than two more jobs.
+
+    python benchmarks/bench_overlap.py --data_dir ./data
+    python benchmarks/bench_overlap.py --data_dir ./data --only overlap --bandwidth 10 --latency 10
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("overlap", "accuracy", "time_to_accuracy")
+NUM_CLIENTS = 4
+COMMANDS: list[str] = []   # every job command line, printed at the end
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+@dataclass
+class JobResult:
+    command: str
+    rows: list[dict]    # metrics.csv, numbers as floats (NaN where empty)
+    log: str            # the server's train.log
+    elapsed_s: float    # the whole subprocess, interpreter start to exit
+
+
+def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) -> JobResult:
+    """Run one FedAvg.py / AsyncFedAvg.py job to completion; exit the benchmark if it fails."""
+    command = [sys.executable, script, *options, "--master_port", "0", "--out_dir", str(out_dir)]
+    COMMANDS.append(shlex.join(command))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    with (out_dir / "job.out").open("w") as output:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)   # its own group: a timeout stops every rank
+        try:
+            status = process.wait(timeout_s)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            sys.exit(f"job timed out or interrupted after {time.perf_counter() - began:.0f} s: {COMMANDS[-1]}")
+    elapsed = time.perf_counter() - began
+    if status != 0:
+        tail = (out_dir / "job.out").read_text()[-3000:]
+        sys.exit(f"job failed with exit status {status}: {COMMANDS[-1]}\n{tail}")
+    with (out_dir / "metrics.csv").open() as f:
+        rows = [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+    return JobResult(COMMANDS[-1], rows, (out_dir / "train.log").read_text(), elapsed)
+
+
+def steady_mean(rows: list[dict], column: str) -> float:
+    """Mean of a column over rounds 2..R (round 1 is warm-up); round 1 alone when that is all there is."""
+    values = [r[column] for r in (rows[1:] or rows) if not math.isnan(r[column])]
+    return statistics.fmean(values) if values else math.nan
+
+
+def logged_startup_s(log: str) -> float:
+    found = re.search(r"start-up ([\d.]+) s", log)
+    return float(found.group(1)) if found else math.nan
+
+
+@dataclass(frozen=True)
+class Link:
+    bandwidth_mbit: float
+    latency_ms: float
+
+    def options(self) -> list[str]:
+        return ["--bandwidth", f"{self.bandwidth_mbit:.6g}", "--latency", f"{self.latency_ms:g}"]
+
+    def exchange_s(self, upload_bytes: float, download_bytes: float) -> float:
+        """One upload + one download on this link: the transport's latency + 8 * bytes / bandwidth, twice."""
+        return 2 * self.latency_ms / 1000 + 8 * (upload_bytes + download_bytes) / (self.bandwidth_mbit * 1e6)
+
+
+class Bench:
+    """The shared job settings, the link once it is known, and the accuracy runs once they have run."""
+
+    def __init__(self, args, work: Path):
+        self.args, self.work = args, work
+        self.link: Link | None = None
+        self.training_s = math.nan                            # one round's training, from the pilot
+        self.message_bytes = (math.nan, math.nan)             # one upload, one download
+        self.accuracy_runs: dict[str, JobResult] | None = None
+        self.verdicts: list[tuple[str, bool | None]] = []
+
+    def options(self, rounds: int, epochs: int, *, evaluate: bool, link: Link | None) -> list[str]:
+        args = self.args
+        options = ["--world_size", str(NUM_CLIENTS + 1), "--dataset", "mnist", "--model", "mlp",
+                   "--partition", "noniid", "--seed", str(args.seed), "--max_epoch", str(rounds),
+                   "--client_epoch", str(epochs), "--data_dir", args.data_dir]
+        if not evaluate:
+            options += ["--eval_every", "0"]
+        if link is not None:
+            options += link.options()
+        if args.max_train_samples:
+            options += ["--max_train_samples", str(args.max_train_samples)]
+        return options
+
+    def pair(self, tag: str, rounds: int, epochs: int, *, evaluate: bool, link: Link | None) -> dict:
+        """FedAvg.py and AsyncFedAvg.py (its defaults) on the same settings, one after the other."""
+        options = self.options(rounds, epochs, evaluate=evaluate, link=link)
+        return {name: run_job(script, options, self.work / f"{tag}-{name}", self.args.job_timeout)
+                for name, script in (("FedAvg", "FedAvg.py"), ("Overlap", "AsyncFedAvg.py"))}
+
+    def ensure_link(self) -> Link:
+        """The emulated link: --bandwidth if given, else calibrated on a pilot so that comm ~= training."""
+        if self.link is not None:
+            return self.link
+        args = self.args
+        pilot = run_job("FedAvg.py", self.options(args.pilot_rounds, 1, evaluate=False, link=None),
+                        self.work / "pilot-FedAvg", args.job_timeout)
+        self.training_s = steady_mean(pilot.rows, "round_s")
+        first = pilot.rows[0]
+        self.message_bytes = (first["bytes_up"] / NUM_CLIENTS, first["bytes_down"] / NUM_CLIENTS)
+        if args.bandwidth:
+            self.link = Link(args.bandwidth, args.latency)
+        else:
+            budget_s = args.comm_over_train * self.training_s - 2 * args.latency / 1000
+            if budget_s <= 0:
+                sys.exit(f"--latency {args.latency} ms alone exceeds the communication budget "
+                         f"({args.comm_over_train} x {self.training_s:.3f} s of training per round)")
+            self.link = Link(8 * sum(self.message_bytes) / budget_s / 1e6, args.latency)
+        print(f"\n## Link: pilot FedAvg without a link, 1 local epoch x {args.pilot_rounds} rounds, --eval_every 0: "
+              f"one round's training {self.training_s:.3f} s (mean round_s, rounds 2..R)")
+        print(f"messages: upload {self.message_bytes[0]:,.0f} B, download {self.message_bytes[1]:,.0f} B; link "
+              f"{self.link.bandwidth_mbit:.3f} Mbit/s, {self.link.latency_ms:g} ms"
+              f"{' (given)' if args.bandwidth else ''}: upload + download "
+              f"{self.link.exchange_s(*self.message_bytes):.3f} s")
+        return self.link
+
+    def get_accuracy_runs(self) -> dict[str, JobResult]:
+        """The 10 x 5-epoch pair; on the link when time to accuracy is wanted (accuracy does not change)."""
+        if self.accuracy_runs is None:
+            args = self.args
+            link = self.ensure_link() if "time_to_accuracy" in args.only else None
+            self.accuracy_runs = self.pair("accuracy", args.accuracy_rounds, args.accuracy_epochs,
+                                           evaluate=True, link=link)
+        return self.accuracy_runs
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+def section_overlap(bench: Bench) -> None:
+    args = bench.args
+    link = bench.ensure_link()
+    runs = bench.pair("overlap", args.overlap_rounds, 1, evaluate=False, link=link)
+    training_s, comm_s = bench.training_s, link.exchange_s(*bench.message_bytes)
+    ideal = max(training_s, comm_s)
+    print(f"\n## Overlap: 1 local epoch x {args.overlap_rounds} rounds on the link, --eval_every 0, "
+          "means over rounds 2..R")
+    print("| algorithm | round_s | train_s (mean client) | comm_s (mean upload+download job) | comm_wait_s |")
+    print("|---|---|---|---|---|")
+    for name, job in runs.items():
+        print(f"| {name} | {steady_mean(job.rows, 'round_s'):.3f} | {steady_mean(job.rows, 'train_s'):.3f} | "
+              f"{steady_mean(job.rows, 'comm_s'):.3f} | {steady_mean(job.rows, 'comm_wait_s'):.3f} |")
+    fedavg, overlap = (steady_mean(runs[name].rows, "round_s") for name in ("FedAvg", "Overlap"))
+    print(f"training per round (pilot, no link) {training_s:.3f} s, communication per round (link: upload + "
+          f"download) {comm_s:.3f} s, max {ideal:.3f} s; Overlap / max {overlap / ideal:.3f}, "
+          f"Overlap / FedAvg {overlap / fedavg:.3f}")
+    bench.verdicts.append((f"Overlap round {overlap:.3f} s <= {args.max_over_ideal} x max(train, comm) "
+                           f"= {args.max_over_ideal * ideal:.3f} s", overlap <= args.max_over_ideal * ideal))
+    bench.verdicts.append((f"Overlap round {overlap:.3f} s <= {args.max_over_fedavg} x FedAvg round "
+                           f"= {args.max_over_fedavg * fedavg:.3f} s", overlap <= args.max_over_fedavg * fedavg))
+
+
+def section_accuracy(bench: Bench) -> None:
+    args = bench.args
+    runs = bench.get_accuracy_runs()
+    curves = {name: [row["accuracy"] for row in job.rows] for name, job in runs.items()}
+    print(f"\n## Accuracy: {args.accuracy_rounds} rounds x {args.accuracy_epochs} local epochs, evaluated every round")
+    print("| round | FedAvg | Overlap-FedAvg |\n|---|---|---|")
+    for index, (fedavg, overlap) in enumerate(zip(curves["FedAvg"], curves["Overlap"], strict=True), 1):
+        print(f"| {index} | {fedavg:.4f} | {overlap:.4f} |")
+    final_gap = curves["Overlap"][-1] - curves["FedAvg"][-1]
+    worst_drop = max([0.0] + [a - b for a, b in zip(curves["Overlap"], curves["Overlap"][1:], strict=False)])
+    bench.verdicts.append((f"Overlap final {curves['Overlap'][-1]:.4f} vs FedAvg {curves['FedAvg'][-1]:.4f}: "
+                           f"{100 * final_gap:+.2f} points >= -{100 * args.max_final_gap:g}",
+                           final_gap >= -args.max_final_gap))
+    bench.verdicts.append((f"Overlap's largest drop from one round to the next {100 * worst_drop:.2f} points <= "
+                           f"{100 * args.max_drop:g}", worst_drop <= args.max_drop))
+
+
+def section_time_to_accuracy(bench: Bench) -> None:
+    args = bench.args
+    runs = bench.get_accuracy_runs()
+    link = bench.link
+    print(f"\n## Time to {100 * args.target_accuracy:g} % accuracy on the link ({link.bandwidth_mbit:.3f} Mbit/s, "
+          f"{link.latency_ms:g} ms): the accuracy runs, wall_s since launch")
+    print("| algorithm | first round >= target | wall_s | wall_s - start-up | start-up s |\n|---|---|---|---|---|")
+    for name, job in runs.items():
+        startup = logged_startup_s(job.log)
+        reached = next((row for row in job.rows if row["accuracy"] >= args.target_accuracy), None)
+        if reached is None:
+            print(f"| {name} | not reached in {len(job.rows)} rounds | - | - | {startup:.1f} |")
+        else:
+            print(f"| {name} | {reached['round']:.0f} | {reached['wall_s']:.1f} | {reached['wall_s'] - startup:.1f} "
+                  f"| {startup:.1f} |")
+    bench.verdicts.append(("time to accuracy reported (no target)", None))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
+    add("--data_dir", default="./data", help="data root holding MNIST (see prepare_data.py)")
+    add("--work_dir", default=None, help="keep the run directories here (default: a temporary directory)")
+    add("--max_train_samples", type=int, default=None, help="smoke tests only: a seeded subset of MNIST")
+    add("--seed", type=int, default=2020)
+    add("--bandwidth", type=float, default=None, help="link Mbit/s (default: calibrated on the pilot)")
+    add("--latency", type=float, default=10.0, help="link latency per message, ms")
+    add("--comm_over_train", type=float, default=1.0,
+        help="calibration: upload + download time as a multiple of one round's training")
+    add("--pilot_rounds", type=int, default=4)
+    add("--overlap_rounds", type=int, default=8)
+    add("--max_over_ideal", type=float, default=1.10, help="target: Overlap round / max(train, comm)")
+    add("--max_over_fedavg", type=float, default=0.6, help="target: Overlap round / FedAvg round")
+    add("--accuracy_rounds", type=int, default=10)
+    add("--accuracy_epochs", type=int, default=5)
+    add("--max_final_gap", type=float, default=0.005, help="target: Overlap may end this far below FedAvg")
+    add("--max_drop", type=float, default=0.02, help="target: largest round-to-round accuracy drop")
+    add("--target_accuracy", type=float, default=0.95, help="time-to-accuracy threshold")
+    add("--job_timeout", type=float, default=1800.0, help="seconds before a job is declared hung")
+    args = parser.parse_args()
+    args.data_dir = str(Path(args.data_dir).resolve())
+
+    with tempfile.TemporaryDirectory(prefix="bench-overlap-") as scratch:
+        work = Path(args.work_dir).resolve() if args.work_dir else Path(scratch)
+        print(f"benchmark: {shlex.join([sys.executable] + sys.argv)}\nrun directories: {work}"
+              f"{' (deleted at exit)' if not args.work_dir else ''}")
+        if args.max_train_samples:
+            print(f"SMOKE SETTINGS: --max_train_samples {args.max_train_samples}; the figures are not the benchmark's")
+        bench = Bench(args, work)
+        sections = {"overlap": section_overlap, "accuracy": section_accuracy,
+                    "time_to_accuracy": section_time_to_accuracy}
+        for name, section in sections.items():
+            if name in args.only:
+                section(bench)
+    print("\n## Commands (run from " + str(ROOT) + ")")
+    for command in COMMANDS:
+        print(command)
+    print("\n## Targets")
+    for text, passed in bench.verdicts:
+        print(f"{'INFO' if passed is None else 'PASS' if passed else 'FAIL'}  {text}")
+    sys.exit(0 if all(passed is not False for _, passed in bench.verdicts) else 1)
+
+
+if __name__ == "__main__":
+    main()

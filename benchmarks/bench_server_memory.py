@@ -1,0 +1,134 @@
+"""Does the server's memory stay O(model) as clients are added (streaming aggregation, DESIGN §3)?
+
+Tiny real jobs (FedAvg.py and AsyncFedAvg.py, 2 rounds of 1 batch per client, no evaluation) with 2, 4
+and 8 clients (world sizes 3, 5, 9) on a model of at least 10 M parameters; each reads the server's
+"server peak resident memory X MB" line from train.log (VmHWM, MB = 2**20 bytes). Target: the peak grows
+by less than one model copy from the fewest to the most clients.
+
+The server restarts its high-water mark just before the first round (after loading the data set), so
+the figure is the rounds' own peak: the global model, momentum, the running sums and one upload buffer.
+The default job is the Transformer on WikiText-2 (13.8 M parameters); ResNet on CIFAR-10 (11.2 M) works
+too but holds a 0.6 GB float copy of CIFAR-10 in every rank.
+
+    python benchmarks/bench_server_memory.py --data_dir ./data
+    python benchmarks/bench_server_memory.py --data_dir ./data --dataset cifar10 --model resnet
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from Networks import MODEL_NAMES, build_model  # noqa: E402
+from Utils.datasets import DATASET_NAMES, dataset_is_text, load_dataset  # noqa: E402
+from Utils.text import BPTT  # noqa: E402
+from Utils.transport import model_size  # noqa: E402
+
+SEED = 2020
+MB = 2**20   # as train.log's figure (kB / 1024)
+COMMANDS: list[str] = []
+
+
+def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) -> str:
+    """Run one job to completion and return its train.log; exit the benchmark if it fails."""
+    command = [sys.executable, script, *options, "--master_port", "0", "--out_dir", str(out_dir)]
+    COMMANDS.append(shlex.join(command))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    with (out_dir / "job.out").open("w") as output:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)   # its own group: a timeout stops every rank
+        try:
+            status = process.wait(timeout_s)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            sys.exit(f"job timed out or interrupted after {time.perf_counter() - began:.0f} s: {COMMANDS[-1]}")
+    if status != 0:
+        tail = (out_dir / "job.out").read_text()[-3000:]
+        sys.exit(f"job failed with exit status {status}: {COMMANDS[-1]}\n{tail}")
+    return (out_dir / "train.log").read_text()
+
+
+def logged_peak_mb(log: str) -> float:
+    found = re.search(r"server peak resident memory during the rounds ([\d.]+) MB", log)
+    if not found:
+        sys.exit("train.log has no 'server peak resident memory' line")
+    return float(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--data_dir", default="./data", help="data root (see prepare_data.py)")
+    add("--work_dir", default=None, help="keep the run directories here (default: a temporary directory)")
+    add("--dataset", default="wikitext2", choices=DATASET_NAMES)
+    add("--model", default="transformer", choices=MODEL_NAMES)
+    add("--world_sizes", type=int, nargs="+", default=[3, 5, 9], help="server + clients")
+    add("--scripts", nargs="+", default=["FedAvg.py", "AsyncFedAvg.py"], choices=("FedAvg.py", "AsyncFedAvg.py"))
+    add("--batch_size", type=int, default=8)
+    add("--rounds", type=int, default=2)
+    add("--job_timeout", type=float, default=1800.0, help="seconds before a job is declared hung")
+    args = parser.parse_args()
+    args.data_dir = str(Path(args.data_dir).resolve())
+    if len(args.world_sizes) < 2 or min(args.world_sizes) < 2:
+        parser.error("--world_sizes needs at least two sizes, each >= 2")
+    world_sizes = sorted(args.world_sizes)
+
+    def train_size(world_size: int) -> int:
+        """One batch per client per epoch: samples, or for text enough tokens for one bptt batch."""
+        per_client = args.batch_size * (BPTT + 1) if dataset_is_text(args.dataset) else args.batch_size
+        return per_client * (world_size - 1)
+
+    verdicts: list[tuple[str, bool]] = []
+    print(f"benchmark: {shlex.join([sys.executable] + sys.argv)}")
+    data = load_dataset(args.dataset, args.data_dir, download=False)
+    text = dataset_is_text(args.dataset)
+    shape = {} if text else {"in_channels": data.in_channels, "image_size": data.image_size}
+    numel = model_size(build_model(args.model, data.vocab_size if text else data.num_classes, **shape))
+    del data
+    copy_mb = numel * 4 / MB
+    print(f"\nmodel {args.model} on {args.dataset}: {numel:,} parameters = {copy_mb:.1f} MB per float32 copy")
+    with tempfile.TemporaryDirectory(prefix="bench-server-memory-") as scratch:
+        work = Path(args.work_dir).resolve() if args.work_dir else Path(scratch)
+        print(f"run directories: {work}{' (deleted at exit)' if not args.work_dir else ''}")
+        for script in args.scripts:
+            peaks = {}
+            for world_size in world_sizes:
+                options = ["--world_size", str(world_size), "--dataset", args.dataset, "--model", args.model,
+                           "--partition", "iid", "--batch_size", str(args.batch_size), "--max_epoch", str(args.rounds),
+                           "--client_epoch", "1", "--eval_every", "0", "--seed", str(SEED),
+                           "--max_train_samples", str(train_size(world_size)), "--data_dir", args.data_dir]
+                log = run_job(script, options, work / f"{Path(script).stem}-ws{world_size}", args.job_timeout)
+                peaks[world_size] = logged_peak_mb(log)
+            smallest = peaks[world_sizes[0]]
+            print(f"\n## {script}: server peak resident memory, {args.rounds} rounds, batch {args.batch_size}, "
+                  "1 batch per client per round, --eval_every 0")
+            print("| world size | clients | server peak MB (rounds) | growth MB | growth / model copy |"
+                  "\n|---|---|---|---|---|")
+            for world_size, peak in peaks.items():
+                growth = peak - smallest
+                print(f"| {world_size} | {world_size - 1} | {peak:.1f} | {growth:+.1f} | {growth / copy_mb:+.2f} |")
+            growth = peaks[world_sizes[-1]] - smallest
+            verdicts.append((f"{script}: growth from {world_sizes[0] - 1} to {world_sizes[-1] - 1} clients "
+                             f"{growth:.1f} MB < one model copy {copy_mb:.1f} MB", growth < copy_mb))
+    print("\n## Commands (run from " + str(ROOT) + ")")
+    for command in COMMANDS:
+        print(command)
+    print("\n## Targets")
+    for text, passed in verdicts:
+        print(f"{'PASS' if passed else 'FAIL'}  {text}")
+    sys.exit(0 if all(passed for _, passed in verdicts) else 1)
+
+
+if __name__ == "__main__":
+    main()
