@@ -17,19 +17,13 @@ Every figure comes from real FedAvg.py jobs (subprocesses; metrics.csv and train
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import multiprocessing as mp
-import os
 import re
 import shlex
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +31,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from jobs import COMMANDS, logged_startup_s, run_job, steady_mean  # noqa: E402
+
 from Characters.rank import limit_training_set  # noqa: E402
 from Networks import build_model  # noqa: E402
 from Utils.datasets import load_dataset  # noqa: E402
@@ -44,53 +40,9 @@ from Utils.partition import partition_samples  # noqa: E402
 
 SECTIONS = ("accuracy", "overhead", "startup")
 SEED, LR, BATCH_SIZE, PARTITION = 2020, 0.01, 32, "noniid"
-COMMANDS: list[str] = []   # every job command line, printed at the end
 
 
 # ---------------------------------------------------------------------------------------------- jobs
-
-@dataclass
-class JobResult:
-    command: str
-    rows: list[dict]    # metrics.csv, numbers as floats (NaN where empty)
-    log: str            # the server's train.log
-    elapsed_s: float    # the whole subprocess, interpreter start to exit
-
-
-def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) -> JobResult:
-    """Run one FedAvg.py / AsyncFedAvg.py job to completion; exit the benchmark if it fails."""
-    command = [sys.executable, script, *options, "--master_port", "0", "--out_dir", str(out_dir)]
-    COMMANDS.append(shlex.join(command))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    with (out_dir / "job.out").open("w") as output:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)   # its own group: a timeout stops every rank
-        try:
-            status = process.wait(timeout_s)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            sys.exit(f"job timed out or interrupted after {time.perf_counter() - began:.0f} s: {COMMANDS[-1]}")
-    elapsed = time.perf_counter() - began
-    if status != 0:
-        tail = (out_dir / "job.out").read_text()[-3000:]
-        sys.exit(f"job failed with exit status {status}: {COMMANDS[-1]}\n{tail}")
-    with (out_dir / "metrics.csv").open() as f:
-        rows = [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
-    return JobResult(COMMANDS[-1], rows, (out_dir / "train.log").read_text(), elapsed)
-
-
-def steady_mean(rows: list[dict], column: str) -> float:
-    """Mean of a column over rounds 2..R (round 1 is warm-up); round 1 alone when that is all there is."""
-    values = [r[column] for r in (rows[1:] or rows) if not math.isnan(r[column])]
-    return statistics.fmean(values) if values else math.nan
-
-
-def logged_startup_s(log: str) -> float:
-    found = re.search(r"start-up ([\d.]+) s", log)
-    return float(found.group(1)) if found else math.nan
-
 
 def logged_shard_sizes(log: str) -> list[int]:
     """The server's "N clients, 21,600, 23,500, ... samples each" line (thousands separators have no space)."""

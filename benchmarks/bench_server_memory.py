@@ -16,18 +16,16 @@ too but holds a 0.6 GB float copy of CIFAR-10 in every rank.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from jobs import COMMANDS, run_job  # noqa: E402
+
 from Networks import MODEL_NAMES, build_model  # noqa: E402
 from Utils.datasets import DATASET_NAMES, dataset_is_text, load_dataset  # noqa: E402
 from Utils.text import BPTT  # noqa: E402
@@ -35,28 +33,6 @@ from Utils.transport import model_size  # noqa: E402
 
 SEED = 2020
 MB = 2**20   # as train.log's figure (kB / 1024)
-COMMANDS: list[str] = []
-
-
-def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) -> str:
-    """Run one job to completion and return its train.log; exit the benchmark if it fails."""
-    command = [sys.executable, script, *options, "--master_port", "0", "--out_dir", str(out_dir)]
-    COMMANDS.append(shlex.join(command))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    with (out_dir / "job.out").open("w") as output:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)   # its own group: a timeout stops every rank
-        try:
-            status = process.wait(timeout_s)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            sys.exit(f"job timed out or interrupted after {time.perf_counter() - began:.0f} s: {COMMANDS[-1]}")
-    if status != 0:
-        tail = (out_dir / "job.out").read_text()[-3000:]
-        sys.exit(f"job failed with exit status {status}: {COMMANDS[-1]}\n{tail}")
-    return (out_dir / "train.log").read_text()
 
 
 def logged_peak_mb(log: str) -> float:
@@ -108,7 +84,7 @@ def main() -> None:
                            "--partition", "iid", "--batch_size", str(args.batch_size), "--max_epoch", str(args.rounds),
                            "--client_epoch", "1", "--eval_every", "0", "--seed", str(SEED),
                            "--max_train_samples", str(train_size(world_size)), "--data_dir", args.data_dir]
-                log = run_job(script, options, work / f"{Path(script).stem}-ws{world_size}", args.job_timeout)
+                log = run_job(script, options, work / f"{Path(script).stem}-ws{world_size}", args.job_timeout).log
                 peaks[world_size] = logged_peak_mb(log)
             smallest = peaks[world_sizes[0]]
             print(f"\n## {script}: server peak resident memory, {args.rounds} rounds, batch {args.batch_size}, "
