@@ -84,6 +84,7 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
     broadcast(CONTINUE)
     log.info("start-up %.1f s (launch to G_0 sent)", time.time() - launched)
     last_sent, pending_row, stop_requested, stopping = time.perf_counter(), None, False, False
+    best_so_far = None
 
     progress = tqdm(total=cfg.max_epoch, desc="rounds", unit="round", disable=None, leave=False)
     for round_index in range(1, cfg.max_epoch + 1):
@@ -109,6 +110,10 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
         if due or stopping or (cfg.early_stop is not None and round_index == cfg.early_stop[0]):
             transport.load_flat_into_model(update.current, model)
             row.update(evaluate(model, data))
+            if best_so_far is None or (row[metric] > best_so_far if higher_is_better(metric)
+                                       else row[metric] < best_so_far):
+                best_so_far = row[metric]
+                torch.save(model.state_dict(), out_dir / "best_model.pt")
         pending_row = row
         progress.update(1)
         if stopping:

@@ -43,9 +43,9 @@ def test_mnist_learns_and_writes_the_run_directory(mnist_run):
     assert "round 3/3" in log and "done: 3 rounds" in log
     assert "done: 3 rounds" in done.stderr   # the final line sums up
 
-    state = torch.load(out_dir / "final_model.pt", weights_only=True)
     model = build_model("mlp", 10)
-    model.load_state_dict(state)
+    for checkpoint in ("final_model.pt", "best_model.pt"):   # both load into a freshly built model
+        model.load_state_dict(torch.load(out_dir / checkpoint, weights_only=True))
 
 
 def test_same_seed_gives_identical_metrics(mnist_run, mnist_root, tmp_path):
