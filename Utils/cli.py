@@ -7,11 +7,8 @@ from __future__ import annotations
 import argparse
 
 from Networks import MODEL_NAMES, check_model_fits
-from Utils.datasets import DATASET_NAMES, dataset_is_text
+from Utils.datasets import DATASET_NAMES, dataset_is_text, image_shape
 from Utils.partition import PARTITION_SCHEMES
-
-# Input shape of each image dataset, so a model/dataset mismatch is caught before any process starts.
-IMAGE_SHAPES = {"mnist": (1, 28), "fmnist": (1, 28), "emnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32)}
 
 
 def positive_int(text: str) -> int:
@@ -107,7 +104,7 @@ def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if args.world_size < 2:
         parser.error(f"--world_size {args.world_size}: need the server and at least one client (>= 2)")
     text = dataset_is_text(args.dataset)
-    channels, size = IMAGE_SHAPES.get(args.dataset, (1, 28))
+    channels, size, _ = (1, 28, 28) if text else image_shape(args.dataset)   # text: the shape is unused
     try:
         check_model_fits(args.model, text=text, in_channels=channels, image_size=size)
     except ValueError as error:

@@ -158,6 +158,13 @@ class TextData:
         return len(self.vocab)
 
 
+def image_shape(name: str) -> tuple[int, int, int]:
+    """(channels, height, width) of an image dataset, known without loading it."""
+    if name not in _IMAGE_SPECS:
+        raise ValueError(f"{name!r} is not an image dataset; image datasets: {', '.join(IMAGE_DATASETS)}")
+    return _IMAGE_SPECS[name].shape
+
+
 def dataset_is_text(name: str) -> bool:
     _check_name(name)
     return name in TEXT_DATASETS
