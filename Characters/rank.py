@@ -10,7 +10,7 @@ import torch
 
 from Characters.client import run_client
 from Characters.server import run_server
-from Networks import build_model
+from Networks import build_model, describe_model
 from Utils import transport
 from Utils.config import RunConfig
 from Utils.datasets import TextData, load_dataset
@@ -79,6 +79,7 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
         model = build_model(cfg.model, num_classes, **shape).to(device)
         shards = client_shards(cfg, data)
         if rank == transport.SERVER_RANK:
+            log.info("%s", describe_model(model))
             return run_server(cfg, data, model, [shard_size(s) for s in shards])
         trainer = LocalTrainer(model, data, shards[rank - 1], batch_size=cfg.batch_size, lr=cfg.lr,
                                epochs=cfg.client_epoch, seed=cfg.seed, rank=rank)
