@@ -31,7 +31,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from jobs import COMMANDS, logged_startup_s, run_job, steady_mean  # noqa: E402
+from jobs import logged_startup_s, report_and_exit, run_job, steady_mean  # noqa: E402
 
 from Characters.rank import limit_training_set  # noqa: E402
 from Networks import build_model  # noqa: E402
@@ -198,13 +198,7 @@ def main() -> None:
         for name, section in sections.items():
             if name in args.only:
                 section(args, work, verdicts)
-    print("\n## Commands (run from " + str(ROOT) + ")")
-    for command in COMMANDS:
-        print(command)
-    print("\n## Targets")
-    for text, passed in verdicts:
-        print(f"{'INFO' if passed is None else 'PASS' if passed else 'FAIL'}  {text}")
-    sys.exit(0 if all(passed is not False for _, passed in verdicts) else 1)
+    report_and_exit(verdicts)
 
 
 if __name__ == "__main__":

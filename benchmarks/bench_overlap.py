@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from jobs import COMMANDS, JobResult, logged_startup_s, run_job, steady_mean  # noqa: E402
+from jobs import JobResult, logged_startup_s, report_and_exit, run_job, steady_mean  # noqa: E402
 
 SECTIONS = ("overlap", "accuracy", "time_to_accuracy")
 NUM_CLIENTS = 4
@@ -214,13 +214,7 @@ def main() -> None:
         for name, section in sections.items():
             if name in args.only:
                 section(bench)
-    print("\n## Commands (run from " + str(ROOT) + ")")
-    for command in COMMANDS:
-        print(command)
-    print("\n## Targets")
-    for text, passed in bench.verdicts:
-        print(f"{'INFO' if passed is None else 'PASS' if passed else 'FAIL'}  {text}")
-    sys.exit(0 if all(passed is not False for _, passed in bench.verdicts) else 1)
+    report_and_exit(bench.verdicts)
 
 
 if __name__ == "__main__":

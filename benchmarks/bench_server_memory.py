@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from jobs import COMMANDS, run_job  # noqa: E402
+from jobs import report_and_exit, run_job  # noqa: E402
 
 from Networks import MODEL_NAMES, build_model  # noqa: E402
 from Utils.datasets import DATASET_NAMES, dataset_is_text, load_dataset  # noqa: E402
@@ -97,13 +97,7 @@ def main() -> None:
             growth = peaks[world_sizes[-1]] - smallest
             verdicts.append((f"{script}: growth from {world_sizes[0] - 1} to {world_sizes[-1] - 1} clients "
                              f"{growth:.1f} MB < one model copy {copy_mb:.1f} MB", growth < copy_mb))
-    print("\n## Commands (run from " + str(ROOT) + ")")
-    for command in COMMANDS:
-        print(command)
-    print("\n## Targets")
-    for text, passed in verdicts:
-        print(f"{'PASS' if passed else 'FAIL'}  {text}")
-    sys.exit(0 if all(passed for _, passed in verdicts) else 1)
+    report_and_exit(verdicts)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,14 @@ def steady_mean(rows: list[dict], column: str) -> float:
 def logged_startup_s(log: str) -> float:
     found = re.search(r"start-up ([\d.]+) s", log)
     return float(found.group(1)) if found else math.nan
+
+
+def report_and_exit(verdicts: list[tuple[str, bool | None]]) -> None:
+    """Print every job's command line and each target's verdict (None: reported, no target); exit 1 on a FAIL."""
+    print("\n## Commands (run from " + str(ROOT) + ")")
+    for command in COMMANDS:
+        print(command)
+    print("\n## Targets")
+    for text, passed in verdicts:
+        print(f"{'INFO' if passed is None else 'PASS' if passed else 'FAIL'}  {text}")
+    sys.exit(0 if all(passed is not False for _, passed in verdicts) else 1)
