@@ -17,7 +17,7 @@ if __name__ == "__main__":
     add("--mom", type=non_negative_float, nargs="+", default=[0.9], help="server Nesterov momentum(s) mu")
     add("--lambd", type=non_negative_float, nargs="+", default=[0.04],
         help="compensation strength(s) lambda (official and dcasgd forms)")
-    add("--server_lr", type=positive_float, default=0.3, help="server learning rate of the Nesterov step")
+    add("--server_lr", type=positive_float, default=0.4, help="server learning rate of the Nesterov step")
     add("--compensation", default="full", choices=COMPENSATIONS,
         help="staleness compensation C: official lambda*v*v, dcasgd lambda*v, full 1, none 0")
     add("--optuna", action="store_true", help="search lr/mom/lambd with optuna instead of the grid")
