@@ -3,11 +3,16 @@
 Every figure comes from real FedAvg.py / AsyncFedAvg.py jobs (subprocesses; metrics.csv and train.log of
 their --out_dir). 4 clients, MNIST, MLP, non-IID, seed 2020; AsyncFedAvg.py with its defaults.
 
-- overlap: a pilot FedAvg job without a link measures one round's training (mean round_s, rounds 2..R,
-  1 local epoch: the slowest client's concurrent training plus loopback exchange). The link bandwidth is
-  then set so that one upload + one download take that long: 2 * (latency + 8 * bytes / bandwidth) =
-  training. On that link (--bandwidth, --latency on both scripts, --eval_every 0), Overlap-FedAvg's
-  mean round time must be at most 1.10x max(training, communication) and at most 0.6x FedAvg's.
+- overlap: one round's training is what a FedAvg round adds to its upload + download on the link:
+  FedAvg round_s - link time (the slowest client's concurrent training, the server's update and the
+  hand-overs). A pilot FedAvg job without a link gives a first estimate; a FedAvg job on a link that
+  long measures the training under the conditions of the runs, and the link is set so that one upload
+  + one download take that long: 2 * (latency + 8 * bytes / bandwidth) = training. On that link
+  (--bandwidth, --latency on both scripts, --eval_every 0), FedAvg and Overlap-FedAvg run
+  --overlap_repeats times, alternating, and the training in max(training, communication) comes from
+  those same FedAvg runs: this shared 2-core machine drifts by 10-40 % between jobs a few minutes apart,
+  so a figure from another job would measure the drift. Overlap-FedAvg's mean round time must be at
+  most 1.10x max(training, communication) and at most 0.6x FedAvg's.
 - accuracy: 10 rounds of 5 local epochs, evaluated every round. Overlap-FedAvg's final accuracy must be
   within 0.5 points of FedAvg's or better, and no Overlap round may fall more than 2 points below the
   round before it.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -51,13 +57,17 @@ class Link:
         return 2 * self.latency_ms / 1000 + 8 * (upload_bytes + download_bytes) / (self.bandwidth_mbit * 1e6)
 
 
+def training_on_link_s(fedavg: JobResult, link: Link, message_bytes: tuple[float, float]) -> float:
+    """One round's training in a FedAvg job on `link`: its mean round time less the link's upload + download."""
+    return steady_mean(fedavg.rows, "round_s") - link.exchange_s(*message_bytes)
+
+
 class Bench:
     """The shared job settings, the link once it is known, and the accuracy runs once they have run."""
 
     def __init__(self, args, work: Path):
         self.args, self.work = args, work
         self.link: Link | None = None
-        self.training_s = math.nan                            # one round's training, from the pilot
         self.message_bytes = (math.nan, math.nan)             # one upload, one download
         self.accuracy_runs: dict[str, JobResult] | None = None
         self.verdicts: list[tuple[str, bool | None]] = []
@@ -81,29 +91,40 @@ class Bench:
         return {name: run_job(script, options, self.work / f"{tag}-{name}", self.args.job_timeout)
                 for name, script in (("FedAvg", "FedAvg.py"), ("Overlap", "AsyncFedAvg.py"))}
 
+    def link_for(self, training_s: float) -> Link:
+        """The link on which one upload + one download take comm_over_train x training_s."""
+        args = self.args
+        budget_s = args.comm_over_train * training_s - 2 * args.latency / 1000
+        if budget_s <= 0:
+            sys.exit(f"--latency {args.latency} ms alone exceeds the communication budget "
+                     f"({args.comm_over_train} x {training_s:.3f} s of training per round)")
+        return Link(8 * sum(self.message_bytes) / budget_s / 1e6, args.latency)
+
     def ensure_link(self) -> Link:
-        """The emulated link: --bandwidth if given, else calibrated on a pilot so that comm ~= training."""
+        """The emulated link: --bandwidth if given, else calibrated so that comm ~= training on the link."""
         if self.link is not None:
             return self.link
         args = self.args
+        print(f"\n## Link: pilots of 1 local epoch x {args.pilot_rounds} rounds, --eval_every 0 "
+              "(means over rounds 2..R)")
         pilot = run_job("FedAvg.py", self.options(args.pilot_rounds, 1, evaluate=False, link=None),
                         self.work / "pilot-FedAvg", args.job_timeout)
-        self.training_s = steady_mean(pilot.rows, "round_s")
         first = pilot.rows[0]
         self.message_bytes = (first["bytes_up"] / NUM_CLIENTS, first["bytes_down"] / NUM_CLIENTS)
+        print(f"messages: upload {self.message_bytes[0]:,.0f} B, download {self.message_bytes[1]:,.0f} B")
         if args.bandwidth:
             self.link = Link(args.bandwidth, args.latency)
-        else:
-            budget_s = args.comm_over_train * self.training_s - 2 * args.latency / 1000
-            if budget_s <= 0:
-                sys.exit(f"--latency {args.latency} ms alone exceeds the communication budget "
-                         f"({args.comm_over_train} x {self.training_s:.3f} s of training per round)")
-            self.link = Link(8 * sum(self.message_bytes) / budget_s / 1e6, args.latency)
-        print(f"\n## Link: pilot FedAvg without a link, 1 local epoch x {args.pilot_rounds} rounds, --eval_every 0: "
-              f"one round's training {self.training_s:.3f} s (mean round_s, rounds 2..R)")
-        print(f"messages: upload {self.message_bytes[0]:,.0f} B, download {self.message_bytes[1]:,.0f} B; link "
-              f"{self.link.bandwidth_mbit:.3f} Mbit/s, {self.link.latency_ms:g} ms"
-              f"{' (given)' if args.bandwidth else ''}: upload + download "
+            print(f"link (given): {args.bandwidth:g} Mbit/s, {args.latency:g} ms")
+            return self.link
+        first_estimate = steady_mean(pilot.rows, "round_s")
+        guess = self.link_for(first_estimate)
+        on_link = run_job("FedAvg.py", self.options(args.pilot_rounds, 1, evaluate=False, link=guess),
+                          self.work / "pilot-on-link-FedAvg", args.job_timeout)
+        training_s = training_on_link_s(on_link, guess, self.message_bytes)
+        self.link = self.link_for(training_s)
+        print(f"without a link: round {first_estimate:.3f} s; on a {guess.bandwidth_mbit:.3f} Mbit/s link: round "
+              f"{steady_mean(on_link.rows, 'round_s'):.3f} s, of which training {training_s:.3f} s")
+        print(f"link {self.link.bandwidth_mbit:.3f} Mbit/s, {self.link.latency_ms:g} ms: upload + download "
               f"{self.link.exchange_s(*self.message_bytes):.3f} s")
         return self.link
 
@@ -122,20 +143,26 @@ class Bench:
 def section_overlap(bench: Bench) -> None:
     args = bench.args
     link = bench.ensure_link()
-    runs = bench.pair("overlap", args.overlap_rounds, 1, evaluate=False, link=link)
-    training_s, comm_s = bench.training_s, link.exchange_s(*bench.message_bytes)
-    ideal = max(training_s, comm_s)
+    comm_s = link.exchange_s(*bench.message_bytes)
     print(f"\n## Overlap: 1 local epoch x {args.overlap_rounds} rounds on the link, --eval_every 0, "
-          "means over rounds 2..R")
-    print("| algorithm | round_s | train_s (mean client) | comm_s (mean upload+download job) | comm_wait_s |")
-    print("|---|---|---|---|---|")
-    for name, job in runs.items():
-        print(f"| {name} | {steady_mean(job.rows, 'round_s'):.3f} | {steady_mean(job.rows, 'train_s'):.3f} | "
-              f"{steady_mean(job.rows, 'comm_s'):.3f} | {steady_mean(job.rows, 'comm_wait_s'):.3f} |")
-    fedavg, overlap = (steady_mean(runs[name].rows, "round_s") for name in ("FedAvg", "Overlap"))
-    print(f"training per round (pilot, no link) {training_s:.3f} s, communication per round (link: upload + "
-          f"download) {comm_s:.3f} s, max {ideal:.3f} s; Overlap / max {overlap / ideal:.3f}, "
-          f"Overlap / FedAvg {overlap / fedavg:.3f}")
+          f"means over rounds 2..R, {args.overlap_repeats} alternating repeat(s)")
+    print("| repeat | algorithm | round_s | train_s (mean client) | comm_s (mean upload+download job) | comm_wait_s |")
+    print("|---|---|---|---|---|---|")
+    fedavg_rounds, overlap_rounds, trainings = [], [], []
+    for repeat in range(1, args.overlap_repeats + 1):
+        runs = bench.pair(f"overlap{repeat}", args.overlap_rounds, 1, evaluate=False, link=link)
+        for name, job in runs.items():
+            print(f"| {repeat} | {name} | {steady_mean(job.rows, 'round_s'):.3f} | "
+                  f"{steady_mean(job.rows, 'train_s'):.3f} | {steady_mean(job.rows, 'comm_s'):.3f} | "
+                  f"{steady_mean(job.rows, 'comm_wait_s'):.3f} |")
+        fedavg_rounds.append(steady_mean(runs["FedAvg"].rows, "round_s"))
+        overlap_rounds.append(steady_mean(runs["Overlap"].rows, "round_s"))
+        trainings.append(training_on_link_s(runs["FedAvg"], link, bench.message_bytes))
+    fedavg, overlap, training_s = (statistics.fmean(v) for v in (fedavg_rounds, overlap_rounds, trainings))
+    ideal = max(training_s, comm_s)
+    print(f"training per round (FedAvg round - link time) {training_s:.3f} s, communication per round (link: "
+          f"upload + download) {comm_s:.3f} s (comm / training {comm_s / training_s:.2f}), max {ideal:.3f} s; "
+          f"Overlap / max {overlap / ideal:.3f}, Overlap / FedAvg {overlap / fedavg:.3f}")
     bench.verdicts.append((f"Overlap round {overlap:.3f} s <= {args.max_over_ideal} x max(train, comm) "
                            f"= {args.max_over_ideal * ideal:.3f} s", overlap <= args.max_over_ideal * ideal))
     bench.verdicts.append((f"Overlap round {overlap:.3f} s <= {args.max_over_fedavg} x FedAvg round "
@@ -191,6 +218,7 @@ def main() -> None:
         help="calibration: upload + download time as a multiple of one round's training")
     add("--pilot_rounds", type=int, default=4)
     add("--overlap_rounds", type=int, default=8)
+    add("--overlap_repeats", type=int, default=2, help="FedAvg/Overlap pairs on the link, alternating")
     add("--max_over_ideal", type=float, default=1.10, help="target: Overlap round / max(train, comm)")
     add("--max_over_fedavg", type=float, default=0.6, help="target: Overlap round / FedAvg round")
     add("--accuracy_rounds", type=int, default=10)
