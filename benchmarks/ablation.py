@@ -1,4 +1,5 @@
-"""Ablation behind AsyncFedAvg.py's defaults: every --compensation x (mu, server_lr), beside FedAvg.
+"""Ablation behind AsyncFedAvg.py's defaults: every --compensation x (mu, server_lr), plus neighbours of
+the best stable pair, beside FedAvg.
 
 Each cell is a real job (AsyncFedAvg.py / FedAvg.py, 4 clients, non-IID, seed 2020); accuracy after
 every round goes into a markdown table. Finished runs are reused, so an interrupted sweep resumes.
