@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import re
-import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from jobs import logged_startup_s, report_and_exit, run_job, steady_mean  # noqa: E402
+from jobs import add_job_options, logged_startup_s, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
 
 from Characters.rank import limit_training_set  # noqa: E402
 from Networks import build_model  # noqa: E402
@@ -170,11 +168,8 @@ def section_startup(args, work: Path, verdicts: list) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_job_options(parser, SECTIONS)
     add = parser.add_argument
-    add("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
-    add("--data_dir", default="./data", help="data root holding MNIST (see prepare_data.py)")
-    add("--work_dir", default=None, help="keep the run directories here (default: a temporary directory)")
-    add("--max_train_samples", type=int, default=None, help="smoke tests only: a seeded subset of MNIST")
     add("--accuracy_rounds", type=int, default=10)
     add("--accuracy_epochs", type=int, default=5)
     add("--target_accuracy", type=float, default=0.95)
@@ -183,17 +178,11 @@ def main() -> None:
     add("--max_overhead", type=float, default=1.05, help="target: FL round / bare round")
     add("--world_sizes", type=int, nargs="+", default=[5, 9], help="start-up section")
     add("--startup_rounds", type=int, default=4)
-    add("--job_timeout", type=float, default=1800.0, help="seconds before a job is declared hung")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
 
     verdicts: list[tuple[str, bool | None]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-fedavg-") as scratch:
-        work = Path(args.work_dir).resolve() if args.work_dir else Path(scratch)
-        print(f"benchmark: {shlex.join([sys.executable] + sys.argv)}\nrun directories: {work}"
-              f"{' (deleted at exit)' if not args.work_dir else ''}")
-        if args.max_train_samples:
-            print(f"SMOKE SETTINGS: --max_train_samples {args.max_train_samples}; the figures are not the benchmark's")
+    with work_directory(args, prefix="bench-fedavg-") as work:
         sections = {"accuracy": section_accuracy, "overhead": section_overhead, "startup": section_startup}
         for name, section in sections.items():
             if name in args.only:

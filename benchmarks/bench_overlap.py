@@ -27,16 +27,22 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from jobs import JobResult, logged_startup_s, report_and_exit, run_job, steady_mean  # noqa: E402
+from jobs import (  # noqa: E402
+    JobResult,
+    add_job_options,
+    logged_startup_s,
+    report_and_exit,
+    run_job,
+    steady_mean,
+    work_directory,
+)
 
 SECTIONS = ("overlap", "accuracy", "time_to_accuracy")
 NUM_CLIENTS = 4
@@ -206,11 +212,8 @@ def section_time_to_accuracy(bench: Bench) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_job_options(parser, SECTIONS)
     add = parser.add_argument
-    add("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
-    add("--data_dir", default="./data", help="data root holding MNIST (see prepare_data.py)")
-    add("--work_dir", default=None, help="keep the run directories here (default: a temporary directory)")
-    add("--max_train_samples", type=int, default=None, help="smoke tests only: a seeded subset of MNIST")
     add("--seed", type=int, default=2020)
     add("--bandwidth", type=float, default=None, help="link Mbit/s (default: calibrated on the pilot)")
     add("--latency", type=float, default=10.0, help="link latency per message, ms")
@@ -226,16 +229,10 @@ def main() -> None:
     add("--max_final_gap", type=float, default=0.005, help="target: Overlap may end this far below FedAvg")
     add("--max_drop", type=float, default=0.02, help="target: largest round-to-round accuracy drop")
     add("--target_accuracy", type=float, default=0.95, help="time-to-accuracy threshold")
-    add("--job_timeout", type=float, default=1800.0, help="seconds before a job is declared hung")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
 
-    with tempfile.TemporaryDirectory(prefix="bench-overlap-") as scratch:
-        work = Path(args.work_dir).resolve() if args.work_dir else Path(scratch)
-        print(f"benchmark: {shlex.join([sys.executable] + sys.argv)}\nrun directories: {work}"
-              f"{' (deleted at exit)' if not args.work_dir else ''}")
-        if args.max_train_samples:
-            print(f"SMOKE SETTINGS: --max_train_samples {args.max_train_samples}; the figures are not the benchmark's")
+    with work_directory(args, prefix="bench-overlap-") as work:
         bench = Bench(args, work)
         sections = {"overlap": section_overlap, "accuracy": section_accuracy,
                     "time_to_accuracy": section_time_to_accuracy}

@@ -1,6 +1,8 @@
 """Running real FedAvg.py / AsyncFedAvg.py jobs from the benchmarks and reading what they leave behind."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import math
 import os
@@ -10,7 +12,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +52,28 @@ def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) ->
     with (out_dir / "metrics.csv").open() as f:
         rows = [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
     return JobResult(COMMANDS[-1], rows, (out_dir / "train.log").read_text(), elapsed)
+
+
+def add_job_options(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
+    """The options every MNIST job benchmark takes: sections, data root, run directories, smoke subset."""
+    add = parser.add_argument
+    add("--only", nargs="+", choices=sections, default=list(sections), help="sections to run")
+    add("--data_dir", default="./data", help="data root holding MNIST (see prepare_data.py)")
+    add("--work_dir", default=None, help="keep the run directories here (default: a temporary directory)")
+    add("--max_train_samples", type=int, default=None, help="smoke tests only: a seeded subset of MNIST")
+    add("--job_timeout", type=float, default=1800.0, help="seconds before a job is declared hung")
+
+
+@contextlib.contextmanager
+def work_directory(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    """--work_dir, or a temporary directory deleted at exit; prints the benchmark's command line first."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        work = Path(args.work_dir).resolve() if args.work_dir else Path(scratch)
+        print(f"benchmark: {shlex.join([sys.executable] + sys.argv)}\nrun directories: {work}"
+              f"{' (deleted at exit)' if not args.work_dir else ''}")
+        if args.max_train_samples:
+            print(f"SMOKE SETTINGS: --max_train_samples {args.max_train_samples}; the figures are not the benchmark's")
+        yield work
 
 
 def steady_mean(rows: list[dict], column: str) -> float:
