@@ -5,10 +5,10 @@ compensates the one-version staleness and applies a Nesterov step (Zhou, Qing, L
 
 --lr, --mom and --lambd take several values and run the grid one run after another; --optuna searches.
 """
+from Characters.sweep import OptunaSpace, run_grid, run_optuna
 from Utils.aggregation import COMPENSATIONS
 from Utils.cli import check_common, common_options, common_parser, non_negative_float, positive_float, positive_int
 from Utils.config import RunConfig
-from Utils.sweep import OptunaSpace, run_grid, run_optuna
 
 if __name__ == "__main__":
     parser = common_parser("Overlap-FedAvg with a server and world_size - 1 clients.")

@@ -2,9 +2,9 @@
 
     python FedAvg.py --world_size 5 --dataset mnist --model mlp --max_epoch 10 --client_epoch 5
 """
+from Characters.launch import main
 from Utils.cli import check_common, common_options, common_parser, positive_float
 from Utils.config import RunConfig
-from Utils.launch import main
 
 if __name__ == "__main__":
     parser = common_parser("Federated Averaging (McMahan et al.) with a server and world_size - 1 clients.")

@@ -18,10 +18,9 @@ import torch
 from Utils import transport
 from Utils.config import RunConfig
 from Utils.training import LocalTrainer
+from Utils.transport import RoundReport
 
 log = logging.getLogger(__name__)
-
-STOP = 0.0   # the server's flag at the end of a download: the run ends (early stop)
 
 
 def inject_fault(rank: int, round_index: int) -> None:
@@ -42,49 +41,46 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
     comm = transport.CommThread(name=f"comm-{rank}")
 
     def download() -> torch.Tensor:
-        buffer = torch.empty(model_numel + 1)   # the global model + the continue/stop flag
+        buffer = torch.empty(transport.download_size(model_numel))
         transport.recv(buffer, transport.SERVER_RANK, link)
         return buffer
 
-    def exchange(message: torch.Tensor) -> torch.Tensor:
-        transport.send(message, transport.SERVER_RANK, link)
+    def exchange(upload: torch.Tensor) -> torch.Tensor:
+        transport.send(upload, transport.SERVER_RANK, link)
         return download()
 
-    def finish(job: transport.Job) -> tuple[torch.Tensor, tuple[float, float]]:
-        """Wait for an exchange; return the new global message and (trainer's wait, job duration)."""
+    global_model, _ = transport.unpack_download(download(), model_numel)   # G_0
+    last_wait_s = last_comm_s = math.nan   # the previous exchange: trainer blocked, job duration
+
+    def receive_next_global(job: transport.Job) -> bool:
+        """Wait for an exchange and keep the global model it brought; True when the server says stop."""
+        nonlocal global_model, last_wait_s, last_comm_s
         waited_from = time.perf_counter()
         message = job.wait(cfg.timeout)
-        return message, (time.perf_counter() - waited_from, job.seconds)
+        last_wait_s, last_comm_s = time.perf_counter() - waited_from, job.seconds
+        global_model, stop = transport.unpack_download(message, model_numel)
+        return stop
 
-    def is_stop(message: torch.Tensor) -> bool:
-        return message[-1].item() == STOP
-
-    global_message = download()   # G_0
-    last_job_stats = (math.nan, math.nan)
     pending: transport.Job | None = None
     try:
         for round_index in range(cfg.max_epoch):
             inject_fault(rank, round_index)
             started = time.perf_counter()
-            local, train_loss = trainer.train_round(global_message[:model_numel], round_index)
+            local, train_loss = trainer.train_round(global_model, round_index)
             train_s = time.perf_counter() - started
-            if pending is not None:   # Overlap: G_r arrives while (or after) round r+1 trains
-                global_message, last_job_stats = finish(pending)
-                pending = None
-                if is_stop(global_message):
-                    return
-            upload = torch.cat([local, torch.tensor([train_loss, train_s, *last_job_stats])])
-            pending = comm.submit(lambda upload=upload: exchange(upload))
-            if not cfg.overlap:       # FedAvg: block on the exchange
-                global_message, last_job_stats = finish(pending)
-                pending = None
-                if is_stop(global_message):
-                    return
-        if pending is not None:
-            global_message, last_job_stats = finish(pending)
-            if is_stop(global_message):
+            # Overlap: G_r arrives while (or after) round r+1 trains.
+            if pending is not None and receive_next_global(pending):
                 return
+            report = RoundReport(train_loss, train_s, last_wait_s, last_comm_s)
+            upload = transport.pack_upload(local, report)
+            pending = comm.submit(lambda upload=upload: exchange(upload))
+            if not cfg.overlap:   # FedAvg: block on the exchange
+                stop, pending = receive_next_global(pending), None
+                if stop:
+                    return
+        if pending is not None and receive_next_global(pending):
+            return
         # The last job's figures, for the server's last metrics row.
-        transport.send(torch.tensor([math.nan, math.nan, *last_job_stats]), transport.SERVER_RANK)
+        transport.send(RoundReport(comm_wait_s=last_wait_s, comm_s=last_comm_s).to_tensor(), transport.SERVER_RANK)
     finally:
         comm.close()

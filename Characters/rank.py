@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,7 +13,8 @@ from Networks import build_model, describe_model
 from Utils import transport
 from Utils.config import RunConfig
 from Utils.datasets import TextData, load_dataset
-from Utils.partition import partition_samples, partition_tokens
+from Utils.flat import model_size
+from Utils.partition import client_shards, limit_training_set, shard_size
 from Utils.run_log import setup_logging
 from Utils.training import LocalTrainer
 
@@ -28,30 +28,6 @@ def pick_device(cfg: RunConfig, rank: int) -> torch.device:
         return torch.device("cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     return torch.device(f"cuda:{cfg.gpus[local_rank % len(cfg.gpus)]}")
-
-
-def limit_training_set(data, max_samples: int | None, seed: int):
-    """Keep a seeded random subset of max_samples training samples (tokens: a leading slice), for quick runs."""
-    if max_samples is None:
-        return data
-    if isinstance(data, TextData):
-        return replace(data, train_tokens=data.train_tokens[:max_samples])
-    if max_samples >= len(data.train_labels):
-        return data
-    keep = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:max_samples]
-    keep = keep.sort().values
-    return replace(data, train_images=data.train_images[keep], train_labels=data.train_labels[keep])
-
-
-def client_shards(cfg: RunConfig, data) -> list:
-    """Each client's share of the training data: sample indices, or a (start, stop) token slice."""
-    if isinstance(data, TextData):
-        return partition_tokens(len(data.train_tokens), cfg.num_clients, cfg.partition, cfg.seed, alpha=cfg.alpha)
-    return partition_samples(data.train_labels, cfg.num_clients, cfg.partition, cfg.seed, alpha=cfg.alpha)
-
-
-def shard_size(shard) -> int:
-    return shard[1] - shard[0] if isinstance(shard, tuple) else len(shard)
 
 
 def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> dict | None:
@@ -77,13 +53,13 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
         shape = {} if text else {"in_channels": data.in_channels, "image_size": data.image_size}
         torch.manual_seed(cfg.seed)   # G_0 is the seeded initial model; clients receive it from the server
         model = build_model(cfg.model, num_classes, **shape).to(device)
-        shards = client_shards(cfg, data)
+        shards = client_shards(data, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
         if rank == transport.SERVER_RANK:
             log.info("%s", describe_model(model))
             return run_server(cfg, data, model, [shard_size(s) for s in shards])
         trainer = LocalTrainer(model, data, shards[rank - 1], batch_size=cfg.batch_size, lr=cfg.lr,
                                epochs=cfg.client_epoch, seed=cfg.seed, rank=rank)
-        run_client(cfg, rank, trainer, transport.model_size(model))
+        run_client(cfg, rank, trainer, model_size(model))
         return None
     except Exception as error:
         log.error("rank %d failed: %s", rank, error)

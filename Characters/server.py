@@ -17,17 +17,15 @@ import torch
 from tqdm import tqdm
 
 from Utils import transport
-from Utils.aggregation import ServerUpdate, client_weights
+from Utils.aggregation import ServerUpdate, StreamingMoments, client_weights
 from Utils.config import RunConfig
 from Utils.datasets import ImageData, TextData
+from Utils.flat import flatten_model, load_flat_into_model, model_size
 from Utils.run_log import MetricsWriter, higher_is_better
 from Utils.training import evaluate
-from Utils.transport import STATS_FIELDS
+from Utils.transport import RoundReport
 
 log = logging.getLogger(__name__)
-
-CONTINUE, STOP = 1.0, 0.0   # the flag that ends every download
-
 
 def job_start_time() -> float:
     """When the job was launched (set by the launcher), else when this process started its run."""
@@ -59,99 +57,124 @@ def _mean(values: list[float], weights: list[float] | None = None) -> float:
     return float(sum(w * v for w, v in zip(weights, values, strict=True)))
 
 
+class _Server:
+    """The server's state across rounds; run() is the round loop, each step a method."""
+
+    def __init__(self, cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Module,
+                 num_samples: list[int]):
+        self.cfg, self.data, self.model = cfg, data, model
+        self.launched = job_start_time()
+        self.out_dir = Path(cfg.out_dir)
+        self.metric = "perplexity" if isinstance(data, TextData) else "accuracy"
+        self.writer = MetricsWriter(self.out_dir / "metrics.csv", self.metric)
+        self.weights = client_weights(num_samples)
+        self.clients = list(range(1, cfg.world_size))
+        self.model_numel = model_size(model)
+        self.update = ServerUpdate(flatten_model(model), stale=cfg.overlap, momentum=cfg.mom,
+                                   server_lr=cfg.server_lr, compensation=cfg.compensation, lambd=cfg.lambd)
+        self.upload = torch.empty(transport.upload_size(self.model_numel))
+        self.best_metric: float | None = None
+        self.last_sent = 0.0
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.broadcast(stop=False)   # G_0
+        log.info("start-up %.1f s (launch to G_0 sent)", time.time() - self.launched)
+        pending_row, stop_next, stopping = None, False, False
+        progress = tqdm(total=cfg.max_epoch, desc="rounds", unit="round", disable=None, leave=False)
+        for round_index in range(1, cfg.max_epoch + 1):
+            moments, reports = self.receive()
+            if pending_row is not None:   # these uploads carry the communication figures of the last round
+                self.write_row(pending_row, reports)
+            self.update.apply(moments)
+            stopping = stop_next
+            row = self.broadcast(stop=stopping, round_index=round_index, reports=reports)
+            if self.evaluation_due(round_index, stopping):
+                self.evaluate_and_keep_best(row)
+            pending_row = row
+            progress.update(1)
+            if stopping:
+                break
+            # Decided on G_r, announced with G_{r+1}: the clients are already training the next round.
+            stop_next = _should_stop_early(cfg, round_index, row, self.writer)
+        progress.close()
+        self.write_row(pending_row, None if stopping else self.receive_final_reports())
+        self.writer.close()
+        load_flat_into_model(self.update.current, self.model)
+        torch.save(self.model.state_dict(), self.out_dir / "final_model.pt")
+        summary = _summary(cfg, self.writer, self.metric, time.time() - self.launched, stopping)
+        log.info("server peak resident memory during the rounds %.1f MB", resident_mb())
+        log.info(summary["line"])
+        return summary
+
+    def receive(self) -> tuple[StreamingMoments, list[RoundReport]]:
+        """Every client's upload, in fixed client order, folded into the update's running sums."""
+        moments, reports = self.update.new_round(), []
+        for client, weight in zip(self.clients, self.weights, strict=True):
+            transport.recv(self.upload, client)
+            local, report = transport.unpack_upload(self.upload, self.model_numel)
+            moments.add(local, weight)
+            reports.append(report)
+        return moments, reports
+
+    def broadcast(self, *, stop: bool, round_index: int = 0, reports: list[RoundReport] = ()) -> dict:
+        """Send the current global model and the continue/stop flag; return the round's first figures."""
+        bytes_down = transport.send_to_all(transport.pack_download(self.update.current, stop), self.clients)
+        now = time.perf_counter()
+        row = {"round": round_index, "round_s": now - self.last_sent, "wall_s": time.time() - self.launched,
+               "train_loss": _mean([r.train_loss for r in reports], self.weights) if reports else math.nan,
+               "train_s": _mean([r.train_s for r in reports]) if reports else math.nan,
+               "bytes_up": len(reports) * self.upload.numel() * self.upload.element_size(),
+               "bytes_down": bytes_down}
+        self.last_sent = now
+        return row
+
+    def evaluation_due(self, round_index: int, stopping: bool) -> bool:
+        cfg = self.cfg
+        every = cfg.eval_every > 0 and (round_index % cfg.eval_every == 0 or round_index == cfg.max_epoch)
+        return every or stopping or (cfg.early_stop is not None and round_index == cfg.early_stop[0])
+
+    def evaluate_and_keep_best(self, row: dict) -> None:
+        """Test metrics of the current global model into `row`; best_model.pt when it is the best so far."""
+        load_flat_into_model(self.update.current, self.model)
+        row.update(evaluate(self.model, self.data))
+        value = row[self.metric]
+        if self.best_metric is None or (value > self.best_metric if higher_is_better(self.metric)
+                                        else value < self.best_metric):
+            self.best_metric = value
+            torch.save(self.model.state_dict(), self.out_dir / "best_model.pt")
+
+    def receive_final_reports(self) -> list[RoundReport]:
+        """After the final download each client reports its last communication job."""
+        message = torch.empty(len(transport.REPORT_FIELDS))
+        reports = []
+        for client in self.clients:
+            transport.recv(message, client)
+            reports.append(RoundReport.from_tensor(message))
+        return reports
+
+    def write_row(self, row: dict, reports: list[RoundReport] | None) -> None:
+        """Add the communication figures of the round's job, write the row and log its line."""
+        if reports is not None:
+            row["comm_wait_s"] = _mean([r.comm_wait_s for r in reports])
+            row["comm_s"] = _mean([r.comm_s for r in reports])
+        self.writer.write(row)
+        metric = self.metric
+        shown = f"{metric} {row[metric]:.4f} test_loss {row['test_loss']:.4f} | " if metric in row else ""
+        log.info("round %d/%d | %strain_loss %.4f | round %.2fs train %.2fs comm %.2fs waited %.2fs",
+                 row["round"], self.cfg.max_epoch, shown, row["train_loss"], row["round_s"], row["train_s"],
+                 row.get("comm_s", math.nan), row.get("comm_wait_s", math.nan))
+
+
 def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Module,
                num_samples: list[int]) -> dict:
     """Run R rounds; return the summary (also logged, and written to the run directory)."""
-    launched = job_start_time()
-    out_dir = Path(cfg.out_dir)
-    metric = "perplexity" if isinstance(data, TextData) else "accuracy"
-    writer = MetricsWriter(out_dir / "metrics.csv", metric)
-    weights = client_weights(num_samples)
-    clients = list(range(1, cfg.world_size))
-    numel = transport.model_size(model)
-    update = ServerUpdate(transport.flatten_model(model), stale=cfg.overlap, momentum=cfg.mom,
-                          server_lr=cfg.server_lr, compensation=cfg.compensation, lambd=cfg.lambd)
-    upload = torch.empty(numel + len(STATS_FIELDS))
-    upload_bytes = upload.numel() * upload.element_size()
-
-    def broadcast(flag: float) -> int:
-        return transport.send_to_all(torch.cat([update.current, torch.tensor([flag])]), clients)
-
-    log.info("%d clients, %s samples each; %s", len(clients), ", ".join(f"{n:,}" for n in num_samples),
+    server = _Server(cfg, data, model, num_samples)
+    log.info("%d clients, %s samples each; %s", len(server.clients), ", ".join(f"{n:,}" for n in num_samples),
              "Overlap-FedAvg (one-version-stale pipeline)" if cfg.overlap else "FedAvg (blocking)")
     log.info("server resident memory %.1f MB after loading (peak %.1f MB)", resident_mb("VmRSS"), resident_mb())
     reset_peak_resident()
-    broadcast(CONTINUE)
-    log.info("start-up %.1f s (launch to G_0 sent)", time.time() - launched)
-    last_sent, pending_row, stop_requested, stopping = time.perf_counter(), None, False, False
-    best_so_far = None
-
-    progress = tqdm(total=cfg.max_epoch, desc="rounds", unit="round", disable=None, leave=False)
-    for round_index in range(1, cfg.max_epoch + 1):
-        moments = update.new_round()
-        stats = []
-        for client, weight in zip(clients, weights, strict=True):
-            transport.recv(upload, client)
-            local, client_stats = transport.split_upload(upload, numel)
-            moments.add(local, weight)
-            stats.append(client_stats)
-        if pending_row is not None:   # these uploads carry the communication figures of the last round
-            _finish_row(pending_row, stats, writer, cfg)
-        update.apply(moments)
-        stopping = stop_requested
-        bytes_down = broadcast(STOP if stopping else CONTINUE)   # clients go on before we evaluate
-        now = time.perf_counter()
-        row = {"round": round_index, "round_s": now - last_sent, "wall_s": time.time() - launched,
-               "train_loss": _mean([s["train_loss"] for s in stats], weights),
-               "train_s": _mean([s["train_s"] for s in stats]),
-               "bytes_up": len(clients) * upload_bytes, "bytes_down": bytes_down}
-        last_sent = now
-        due = cfg.eval_every > 0 and (round_index % cfg.eval_every == 0 or round_index == cfg.max_epoch)
-        if due or stopping or (cfg.early_stop is not None and round_index == cfg.early_stop[0]):
-            transport.load_flat_into_model(update.current, model)
-            row.update(evaluate(model, data))
-            if best_so_far is None or (row[metric] > best_so_far if higher_is_better(metric)
-                                       else row[metric] < best_so_far):
-                best_so_far = row[metric]
-                torch.save(model.state_dict(), out_dir / "best_model.pt")
-        pending_row = row
-        progress.update(1)
-        if stopping:
-            break
-        # Decided on G_r, announced with G_{r+1}: the clients are already training the next round.
-        stop_requested = _should_stop_early(cfg, round_index, row, writer)
-    progress.close()
-
-    if not stopping:   # each client reports its last job after the final download
-        final_stats = torch.empty(len(STATS_FIELDS))
-        collected = []
-        for client in clients:
-            transport.recv(final_stats, client)
-            collected.append(dict(zip(STATS_FIELDS, final_stats.tolist(), strict=True)))
-        _finish_row(pending_row, collected, writer, cfg)
-    else:
-        _finish_row(pending_row, None, writer, cfg)
-    writer.close()
-
-    transport.load_flat_into_model(update.current, model)
-    torch.save(model.state_dict(), out_dir / "final_model.pt")
-    summary = _summary(cfg, writer, metric, time.time() - launched, stopping)
-    log.info("server peak resident memory during the rounds %.1f MB", resident_mb())
-    log.info(summary["line"])
-    return summary
-
-
-def _finish_row(row: dict, stats: list[dict] | None, writer: MetricsWriter, cfg: RunConfig) -> None:
-    """Add the communication figures of the round's job, write the row and log its line."""
-    if stats is not None:
-        row["comm_wait_s"] = _mean([s["comm_wait_s"] for s in stats])
-        row["comm_s"] = _mean([s["comm_s"] for s in stats])
-    writer.write(row)
-    metric = writer.metric
-    shown = f"{metric} {row[metric]:.4f} test_loss {row['test_loss']:.4f} | " if metric in row else ""
-    log.info("round %d/%d | %strain_loss %.4f | round %.2fs train %.2fs comm %.2fs waited %.2fs",
-             row["round"], cfg.max_epoch, shown, row["train_loss"], row["round_s"], row["train_s"],
-             row.get("comm_s", math.nan), row.get("comm_wait_s", math.nan))
+    return server.run()
 
 
 def _should_stop_early(cfg: RunConfig, round_index: int, row: dict, writer: MetricsWriter) -> bool:

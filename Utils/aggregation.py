@@ -43,26 +43,12 @@ def _check_weights(weights: Sequence[float]) -> None:
                          f"they add up to {sum(weights)}")
 
 
-def weighted_average(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    """avg = sum_k p_k L_k. Zero-weight entries are skipped entirely (even NaN ones)."""
-    if len(tensors) == 0 or len(tensors) != len(weights):
-        raise ValueError(f"need one weight per tensor and at least one tensor, "
-                         f"got {len(tensors)} tensors and {len(weights)} weights")
-    _check_weights(weights)
-    avg = torch.zeros_like(tensors[0])
-    for local, p in zip(tensors, weights, strict=True):
-        if p != 0:
-            avg.add_(local, alpha=p)
-    return avg
-
-
 class StreamingMoments:
     """Accumulates avg = sum p_k L_k and spread v = sum p_k (prev - L_k)^2 one upload at a time, in
     O(model) memory.
 
     `start` is `prev`, the global model the uploads started from; it is referenced, not copied, so it
-    must not change while uploads are added. Adds in the same order as weighted_average give a
-    bit-identical average.
+    must not change while uploads are added. The sum is taken in the order the uploads are added.
     """
 
     def __init__(self, start: Tensor):
@@ -120,14 +106,6 @@ def compensated_gradient(prev: Tensor, avg: Tensor, current: Tensor, spread: Ten
     if mode == "none":
         return pseudo_grad
     return pseudo_grad + coef * (current - prev)
-
-
-def nesterov_reference(w: Tensor, grad: Tensor, momentum_buf: Tensor | None, momentum: float,
-                       lr: float) -> tuple[Tensor, Tensor]:
-    """Reference Nesterov step, returns (new w, new buf): buf = mu*buf + g (buf = g on the first step,
-    momentum_buf None); w = w - lr * (g + mu*buf). Pure: the inputs are left untouched."""
-    buf = grad.clone() if momentum_buf is None else momentum * momentum_buf + grad
-    return w - lr * (grad + momentum * buf), buf
 
 
 class ServerUpdate:

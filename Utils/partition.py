@@ -1,12 +1,17 @@
-"""Split a training set among N clients: iid, the official non-IID shards, or Dirichlet label skew.
+"""Split a training set among N clients: iid, the official non-IID shards, or Dirichlet label skew;
+client_shards and limit_training_set apply them to a loaded data set.
 
-Every function is a pure function of its arguments: it draws from its own numpy generator seeded
-with `seed` and never touches the global numpy, torch or `random` state (DESIGN §3 "Partitions").
+Every function is a pure function of its arguments: it draws from its own generator seeded with
+`seed` and never touches the global numpy, torch or `random` state (DESIGN §3 "Partitions").
 Client i of a returned list is rank i + 1.
 """
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
+import torch
+
+from Utils.datasets import TextData
 
 PARTITION_SCHEMES = ("iid", "noniid", "dirichlet")
 SHARD_SIZE = 100  # samples per shard of the official non-IID scheme (600 shards for MNIST)
@@ -192,6 +197,34 @@ def partition_tokens(
     bounds = np.concatenate(([0], np.cumsum(floor + extra))).tolist()
     assert bounds[-1] == num_tokens, "token slices must cover the stream"
     return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+# ------------------------------------------------------------------ shards of a loaded training set
+
+def limit_training_set(data, max_samples: int | None, seed: int):
+    """Keep a seeded random subset of max_samples training samples (tokens: a leading slice), for quick runs."""
+    if max_samples is None:
+        return data
+    if isinstance(data, TextData):
+        return replace(data, train_tokens=data.train_tokens[:max_samples])
+    if max_samples >= len(data.train_labels):
+        return data
+    keep = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:max_samples]
+    keep = keep.sort().values
+    return replace(data, train_images=data.train_images[keep], train_labels=data.train_labels[keep])
+
+
+def client_shards(data, num_clients: int, scheme: str, seed: int, alpha: float = 0.5) -> list:
+    """Each client's share of a loaded training set (client i = rank i + 1): sample indices for images,
+    a (start, stop) token slice for text."""
+    if isinstance(data, TextData):
+        return partition_tokens(len(data.train_tokens), num_clients, scheme, seed, alpha=alpha)
+    return partition_samples(data.train_labels, num_clients, scheme, seed, alpha=alpha)
+
+
+def shard_size(shard) -> int:
+    """Samples (or tokens) in one client's share."""
+    return shard[1] - shard[0] if isinstance(shard, tuple) else len(shard)
 
 
 def describe_partition(

@@ -1,8 +1,12 @@
 """Everything that crosses the network, and the only module that imports torch.distributed.
 
 Star topology (DESIGN §2): rank 0 is the server, ranks 1..N are clients, and every message is one flat
-float32 tensor sent point to point. An upload is the client's model followed by STATS_FIELDS (a few
-numbers about its round, so metrics need no second channel); a download is the global model alone.
+float32 tensor sent point to point. The message format lives here and nowhere else:
+
+    upload    the client's model, then its RoundReport (REPORT_FIELDS)        upload_size(numel)
+    download  the global model, then one flag: CONTINUE or STOP               download_size(numel)
+    report    a RoundReport alone: a client's last job, after the final download
+
 Nothing is ever unpickled from the network.
 
 Link emulation (DESIGN §3, "Network emulation"): on loopback a transfer takes microseconds, which hides
@@ -14,25 +18,23 @@ round times compare.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 log = logging.getLogger(__name__)
 
 SERVER_RANK = 0
-# Numbers a client appends to each upload: its last round's training, and its previous communication job.
-STATS_FIELDS = ("train_loss", "train_s", "comm_wait_s", "comm_s")
 
 
 # nccl moves only CUDA tensors: messages are staged on this rank's device (None: gloo, CPU tensors).
@@ -93,45 +95,55 @@ def shutdown() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Model <-> flat tensor
+# Messages
+
+CONTINUE, STOP = 1.0, 0.0   # the flag that ends every download
 
 
-def shared_tensors(model: nn.Module) -> list[torch.Tensor]:
-    """The tensors a message carries: parameters, then persistent buffers (BatchNorm statistics).
+@dataclass(frozen=True)
+class RoundReport:
+    """The numbers a client appends to an upload: its last round's training and its previous
+    communication job (NaN where there is none yet)."""
+    train_loss: float = math.nan
+    train_s: float = math.nan
+    comm_wait_s: float = math.nan   # how long the trainer was blocked on that job
+    comm_s: float = math.nan        # how long the job (upload + download) ran
 
-    Constant tables registered with persistent=False (the Transformer's positional encoding) stay home.
-    """
-    persistent = set(model.state_dict().keys())
-    buffers = [b for name, b in model.named_buffers() if name in persistent]
-    return [p for p in model.parameters()] + buffers
+    def to_tensor(self) -> torch.Tensor:
+        return torch.tensor(astuple(self), dtype=torch.float32)
 
-
-def model_size(model: nn.Module) -> int:
-    return sum(t.numel() for t in shared_tensors(model))
-
-
-def flatten_model(model: nn.Module, extra: tuple[float, ...] = ()) -> torch.Tensor:
-    """A new float32 CPU tensor holding the model's shared tensors followed by `extra` numbers."""
-    parts = [t.detach().reshape(-1).to("cpu", torch.float32) for t in shared_tensors(model)]
-    if extra:
-        parts.append(torch.tensor(extra, dtype=torch.float32))
-    return torch.cat(parts)
+    @classmethod
+    def from_tensor(cls, numbers: torch.Tensor) -> RoundReport:
+        return cls(*numbers.tolist())
 
 
-@torch.no_grad()
-def load_flat_into_model(flat: torch.Tensor, model: nn.Module) -> None:
-    """Copy the leading model_size(model) numbers of `flat` into the model's shared tensors."""
-    offset = 0
-    for tensor in shared_tensors(model):
-        count = tensor.numel()
-        tensor.copy_(flat[offset:offset + count].view_as(tensor))
-        offset += count
+REPORT_FIELDS = tuple(f.name for f in fields(RoundReport))
 
 
-def split_upload(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """An upload's model part (a view) and its STATS_FIELDS as a dict."""
-    stats = message[model_numel:].tolist()
-    return message[:model_numel], dict(zip(STATS_FIELDS, stats, strict=True))
+def upload_size(model_numel: int) -> int:
+    return model_numel + len(REPORT_FIELDS)
+
+
+def download_size(model_numel: int) -> int:
+    return model_numel + 1
+
+
+def pack_upload(model_flat: torch.Tensor, report: RoundReport) -> torch.Tensor:
+    return torch.cat([model_flat, report.to_tensor()])
+
+
+def unpack_upload(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, RoundReport]:
+    """An upload's model part (a view) and its report."""
+    return message[:model_numel], RoundReport.from_tensor(message[model_numel:])
+
+
+def pack_download(model_flat: torch.Tensor, stop: bool) -> torch.Tensor:
+    return torch.cat([model_flat, torch.tensor([STOP if stop else CONTINUE])])
+
+
+def unpack_download(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, bool]:
+    """A download's model part (a view) and whether the run stops."""
+    return message[:model_numel], message[model_numel].item() == STOP
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -31,10 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from jobs import add_job_options, logged_startup_s, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
 
-from Characters.rank import limit_training_set  # noqa: E402
 from Networks import build_model  # noqa: E402
 from Utils.datasets import load_dataset  # noqa: E402
-from Utils.partition import partition_samples  # noqa: E402
+from Utils.partition import limit_training_set, partition_samples  # noqa: E402
 
 SECTIONS = ("accuracy", "overhead", "startup")
 SEED, LR, BATCH_SIZE, PARTITION = 2020, 0.01, 32, "noniid"

@@ -23,9 +23,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from Networks import build_model  # noqa: E402
 from Utils.datasets import import_dataset, is_prepared, load_dataset  # noqa: E402
+from Utils.flat import flatten_model, load_flat_into_model  # noqa: E402
 from Utils.partition import iid_partition  # noqa: E402
 from Utils.training import LocalTrainer  # noqa: E402
-from Utils.transport import flatten_model, load_flat_into_model  # noqa: E402
 
 BATCH_SIZE, LR, SEED, NUM_CLIENTS = 32, 0.01, 2020, 4
 

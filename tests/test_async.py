@@ -4,13 +4,13 @@ import pytest
 import torch
 from helpers_e2e import QUICK_MNIST, TIMING_COLUMNS, job_env, read_config, read_metrics, run_job
 
-from Characters.rank import client_shards, limit_training_set
 from Networks import build_model
 from Utils.aggregation import ServerUpdate, client_weights
 from Utils.config import RunConfig
 from Utils.datasets import load_dataset
+from Utils.flat import flatten_model, load_flat_into_model
+from Utils.partition import client_shards, limit_training_set
 from Utils.training import LocalTrainer, evaluate
-from Utils.transport import flatten_model, load_flat_into_model
 
 pytestmark = pytest.mark.slow
 SERVER = ("--compensation", "full", "--mom", "0.5", "--server_lr", "0.3")
@@ -39,7 +39,7 @@ def simulate_overlap(mnist_root, rounds: int) -> list[float]:
     data = limit_training_set(load_dataset("mnist", mnist_root), cfg.max_train_samples, cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_model("mlp", 10)
-    shards = client_shards(cfg, data)
+    shards = client_shards(data, cfg.num_clients, cfg.partition, cfg.seed)
     trainers = [LocalTrainer(build_model("mlp", 10), data, shard, batch_size=32, lr=0.01, epochs=1,
                              seed=cfg.seed, rank=k + 1) for k, shard in enumerate(shards)]
     update = ServerUpdate(flatten_model(model), stale=True, momentum=0.5, server_lr=0.3, compensation="full")
@@ -120,6 +120,6 @@ def test_optuna_missing_is_a_clear_error(mnist_root, tmp_path):
 
 
 def test_search_direction_follows_the_metric():
-    from Utils.sweep import study_direction
+    from Characters.sweep import study_direction
     assert study_direction("mnist") == ("accuracy", "maximize")
     assert study_direction("wikitext2") == ("perplexity", "minimize")

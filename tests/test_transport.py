@@ -1,4 +1,5 @@
 """The transport module's pieces that need no process group: flat messages, link delay, the comm thread."""
+import math
 import socket
 import threading
 import time
@@ -8,33 +9,45 @@ import torch
 
 from Networks import build_model
 from Utils import transport
+from Utils.flat import flatten_model, load_flat_into_model, model_size
 
 
-def test_flat_message_round_trip_leaves_constant_tables_home():
+def test_flat_model_round_trip_leaves_constant_tables_home():
     torch.manual_seed(0)
     source = build_model("transformer", 50)
-    flat = transport.flatten_model(source, extra=(1.5, 2.5))
+    flat = flatten_model(source)
     assert flat.dtype == torch.float32
-    assert flat.numel() == sum(p.numel() for p in source.parameters()) + 2   # no positional table
+    assert flat.numel() == model_size(source) == sum(p.numel() for p in source.parameters())   # no positional table
     torch.manual_seed(1)
     target = build_model("transformer", 50)
-    transport.load_flat_into_model(flat, target)
+    load_flat_into_model(flat, target)
     for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    model_part, stats = transport.split_upload(transport.flatten_model(source, (0.5, 1.0, 2.0, 3.0)),
-                                               transport.model_size(source))
-    assert stats == {"train_loss": 0.5, "train_s": 1.0, "comm_wait_s": 2.0, "comm_s": 3.0}
-    assert torch.equal(model_part, flat[:-2])
 
 
 def test_flatten_copies_so_training_cannot_change_a_message():
     model = build_model("mlp", 10)
-    flat = transport.flatten_model(model)
+    flat = flatten_model(model)
     before = flat.clone()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     assert torch.equal(flat, before)
+
+
+def test_messages_pack_and_unpack_by_name():
+    model = torch.arange(5, dtype=torch.float32)
+    report = transport.RoundReport(train_loss=0.5, train_s=1.0, comm_wait_s=2.0, comm_s=3.0)
+    upload = transport.pack_upload(model, report)
+    assert upload.numel() == transport.upload_size(5)
+    model_part, unpacked = transport.unpack_upload(upload, 5)
+    assert torch.equal(model_part, model) and unpacked == report
+    for stop in (False, True):
+        download = transport.pack_download(model, stop)
+        assert download.numel() == transport.download_size(5)
+        model_part, stopped = transport.unpack_download(download, 5)
+        assert torch.equal(model_part, model) and stopped is stop
+    assert math.isnan(transport.RoundReport.from_tensor(transport.RoundReport(comm_s=1.0).to_tensor()).train_loss)
 
 
 def test_link_delay_is_latency_plus_bits_over_bandwidth():

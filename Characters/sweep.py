@@ -11,9 +11,9 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from Characters.launch import launch
 from Utils.config import RunConfig
 from Utils.datasets import dataset_is_text
-from Utils.launch import launch
 from Utils.run_log import higher_is_better
 
 log = logging.getLogger(__name__)

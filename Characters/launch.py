@@ -50,6 +50,10 @@ def _raise_terminated(signum, frame) -> None:
 
 def _spawned_rank(rank: int, cfg: RunConfig, summaries) -> None:
     _die_with_parent()
+    # Ctrl-C reaches the whole process group; the launcher alone acts on it and stops the ranks. A rank
+    # that took it itself would end quietly (torch.multiprocessing treats KeyboardInterrupt as a clean
+    # exit), and the job could then look finished.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     summary = run_rank(rank, cfg)
     if summary is not None:
         summaries.put(summary)

@@ -1,0 +1,76 @@
+"""Imports point one way (DESIGN §6): entry scripts -> Characters -> Utils, Networks, Optimizer; no cycles."""
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGES = ("Characters", "Utils", "Networks", "Optimizer")
+HELPERS = ("Utils", "Networks", "Optimizer")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_imports() -> dict[str, set[str]]:
+    """Every project module and the project modules it imports anywhere in its body (lazy imports too)."""
+    modules = {module_name(p): p for package in PACKAGES for p in (ROOT / package).glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:   # relative: resolve against this module's package
+                    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+                    base = ".".join(filter(None, [package, base]))
+                targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            found.update(t for t in targets if t in modules and t != name)
+        graph[name] = found
+    return graph
+
+
+def test_helpers_never_import_the_roles():
+    wrong = {name: sorted(d for d in deps if d.startswith("Characters"))
+             for name, deps in project_imports().items() if name.startswith(HELPERS)}
+    assert not {name: deps for name, deps in wrong.items() if deps}
+
+
+def test_no_import_cycles():
+    graph = project_imports()
+    state: dict[str, str] = {}
+    cycles = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                cycles.append(" -> ".join(trail[trail.index(dep):] + [node, dep]) if dep in trail
+                              else f"{node} -> {dep}")
+            elif dep not in state:
+                visit(dep, trail + [node])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles
+
+
+def test_only_transport_imports_torch_distributed():
+    users = []
+    for package in PACKAGES:
+        for path in (ROOT / package).glob("*.py"):
+            text = path.read_text()
+            if "torch.distributed" in text and "import" in text and path.name != "transport.py":
+                tree = ast.parse(text)
+                names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+                names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+                if any(n.startswith("torch.distributed") for n in names):
+                    users.append(module_name(path))
+    assert users == []
