@@ -7,9 +7,22 @@ import math
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 # Columns other tools read by name (DESIGN §5); the metric column is accuracy or perplexity.
 METRIC_COLUMNS = ("round", "{metric}", "test_loss", "train_loss", "round_s", "train_s", "comm_wait_s",
                   "comm_s", "bytes_up", "bytes_down", "wall_s")
+
+
+class _BarSafeHandler(logging.StreamHandler):
+    """Writes each line through tqdm.write, which lifts a progress bar drawn on the same stream out of
+    the way and redraws it below, so that log lines and the bar never tear each other."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own policy: report and carry on
+            self.handleError(record)
 
 
 def setup_logging(rank: int | None, log_file: Path | None = None, level: int = logging.INFO) -> None:
@@ -20,7 +33,7 @@ def setup_logging(rank: int | None, log_file: Path | None = None, level: int = l
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [_BarSafeHandler(sys.stderr)]
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file))
     for handler in handlers:
