@@ -42,7 +42,7 @@ def bare_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> 
 
 def main() -> None:
     repo = Path(__file__).resolve().parents[1]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--source", type=Path, default=repo.parent / "shared" / "data" / "mnist",
                         help="MNIST idx files to import when --data_dir lacks MNIST")

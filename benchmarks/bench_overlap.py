@@ -22,6 +22,8 @@ their --out_dir). 4 clients, MNIST, MLP, non-IID, seed 2020; AsyncFedAvg.py with
 
     python benchmarks/bench_overlap.py --data_dir ./data
     python benchmarks/bench_overlap.py --data_dir ./data --only overlap --bandwidth 10 --latency 10
+
+About 5 minutes on 2 cores.
 """
 from __future__ import annotations
 

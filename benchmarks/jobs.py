@@ -1,4 +1,11 @@
-"""Running real FedAvg.py / AsyncFedAvg.py jobs from the benchmarks and reading what they leave behind."""
+"""Running real FedAvg.py / AsyncFedAvg.py jobs from the benchmarks and reading what they leave behind.
+
+Every benchmark runs real jobs as subprocesses, each with its own --out_dir and --master_port 0, prints
+its figures as markdown tables with the exact command lines it ran and one PASS / FAIL line per target
+(INFO where there is none), and exits 1 when a target is missed. Run directories go to a temporary
+directory deleted at exit, unless --work_dir keeps them. Timing needs a quiet machine: every job shares
+the cores with whatever else runs.
+"""
 from __future__ import annotations
 
 import argparse
