@@ -19,7 +19,9 @@ from torch import Tensor
 
 from Optimizer.SGD import SGD
 
-COMPENSATIONS = ("official", "dcasgd", "full", "none")
+# How C of g_c = g + C * (w - prev) is set; "secant" estimates it every update (ADAPTIVE_COMPENSATIONS).
+COMPENSATIONS = ("official", "dcasgd", "full", "none", "constant", "secant")
+ADAPTIVE_COMPENSATIONS = ("secant",)
 
 # Weights are p_k = n_k / sum(n); their float sum may miss 1 by rounding, never by more than this.
 _WEIGHT_SUM_TOLERANCE = 1e-6
@@ -88,22 +90,40 @@ def _check_compensation(mode: str) -> None:
         raise ValueError(f"unknown compensation {mode!r}; choose one of {', '.join(COMPENSATIONS)}")
 
 
-def compensation_coefficient(mode: str, spread: Tensor, lambd: float) -> Tensor | float:
-    """C of g_c = g + C * (w - prev): official lambda*v*v, dcasgd lambda*v, full 1, none 0."""
+def compensation_coefficient(mode: str, spread: Tensor, lambd: float, constant: float = 0.0) -> Tensor | float:
+    """C of g_c = g + C * (w - prev) for the fixed forms: official lambda*v*v, dcasgd lambda*v, full 1,
+    none 0, constant `constant`. The adaptive forms are estimated by ServerUpdate (secant_coefficient)."""
     _check_compensation(mode)
+    if mode in ADAPTIVE_COMPENSATIONS:
+        raise ValueError(f"{mode!r} is estimated from the updates (see secant_coefficient), not fixed")
     if mode == "official":
         return lambd * spread * spread
     if mode == "dcasgd":
         return lambd * spread
-    return 1.0 if mode == "full" else 0.0
+    return {"full": 1.0, "none": 0.0, "constant": constant}[mode]
 
 
-def compensated_gradient(prev: Tensor, avg: Tensor, current: Tensor, spread: Tensor,
-                         mode: str, lambd: float) -> Tensor:
-    """g_c = g + C * (w - prev) with g = prev - avg; w is `current`. No input is modified."""
-    coef = compensation_coefficient(mode, spread, lambd)
+def secant_coefficient(pseudo_grad: Tensor, last_pseudo_grad: Tensor, start: Tensor,
+                       last_start: Tensor) -> float | None:
+    """C = <g_u - g_{u-1}, prev_u - prev_{u-1}> / |prev_u - prev_{u-1}|^2, clipped to [0, 1].
+
+    On a quadratic, K local SGD steps give g(w) = g(prev) + A (w - prev) with A = I - (I - lr H)^K, so
+    the exact compensation is A; this is its scalar secant estimate from the last two updates (g_u:
+    the pseudo-gradient of update u, prev_u: the model its uploads started from). None when the start
+    did not move (the first two updates both start from G_0), so there is nothing to estimate from.
+    """
+    step = start - last_start
+    step_norm2 = torch.dot(step, step).item()
+    if step_norm2 == 0.0:
+        return None
+    estimate = torch.dot(pseudo_grad - last_pseudo_grad, step).item() / step_norm2
+    return min(max(estimate, 0.0), 1.0)
+
+
+def compensated_gradient(prev: Tensor, avg: Tensor, current: Tensor, coef: Tensor | float) -> Tensor:
+    """g_c = g + C * (w - prev) with g = prev - avg; w is `current`, C is `coef`. No input is modified."""
     pseudo_grad = prev - avg
-    if mode == "none":
+    if isinstance(coef, float) and coef == 0.0:
         return pseudo_grad
     return pseudo_grad + coef * (current - prev)
 
@@ -113,27 +133,43 @@ class ServerUpdate:
 
     Holds the current global model w (flat), the model the uploads started from, and an Optimizer.SGD
     (lr=server_lr, momentum=mu, Nesterov when mu > 0) over w: w, prev, the momentum buffer and one
-    round's avg and v, so O(model) memory whatever the number of clients.
+    round's avg and v, so O(model) memory whatever the number of clients (the secant form keeps the
+    last update's g and prev too).
 
     stale=False (FedAvg): the uploads started from w, so w - prev = 0 and the compensation is void.
     stale=True (Overlap): the uploads of update u started from G_0 for u = 1, 2 and G_{u-2} after.
+    comp_coef: C of the `constant` form, and the secant form's value until it has two starts to compare.
+    num_buffers: the last entries of the flat model are buffers (BatchNorm statistics), not parameters:
+    they are set to the clients' plain average, outside compensation and momentum.
 
     Use per update: ``m = s.new_round()``, ``m.add(L_k, p_k)`` for every upload, ``s.apply(m)``.
     """
 
     def __init__(self, initial: Tensor, *, stale: bool, momentum: float = 0.0, server_lr: float = 1.0,
-                 compensation: str = "none", lambd: float = 0.0):
+                 compensation: str = "none", lambd: float = 0.0, comp_coef: float = 0.5,
+                 num_buffers: int = 0):
         _check_compensation(compensation)
         if lambd < 0:
             raise ValueError(f"lambda must be >= 0, got {lambd}")
+        if not 0.0 <= comp_coef <= 1.0:
+            raise ValueError(f"the compensation coefficient C must be between 0 and 1, got {comp_coef}")
+        if not 0 <= num_buffers < initial.numel():
+            raise ValueError(f"num_buffers must be between 0 and the model size {initial.numel() - 1}, "
+                             f"got {num_buffers}")
         self.stale = stale
         self.compensation = compensation
         self.lambd = lambd
+        self.comp_coef = comp_coef
         self.num_updates = 0
+        self.last_comp_coef: float | None = None   # the scalar C of the last update (None: elementwise)
         self._w = initial.detach().clone()
+        self._num_params = initial.numel() - num_buffers
         # prev is only needed when stale; otherwise the uploads start from w itself.
         self._prev = self._w.clone() if stale else None
-        self._optimizer = SGD([self._w], lr=server_lr, momentum=momentum, nesterov=momentum > 0)
+        self._last_pseudo_grad: Tensor | None = None   # secant form: g and prev of the last update
+        self._last_start: Tensor | None = None
+        self._optimizer = SGD([self._w[:self._num_params]], lr=server_lr, momentum=momentum,
+                              nesterov=momentum > 0)
 
     @property
     def current(self) -> Tensor:
@@ -157,9 +193,23 @@ class ServerUpdate:
             raise ValueError("apply() needs the accumulator of this update: call new_round() after "
                              "the previous apply()")
         avg, spread = moments.result()
-        grad = compensated_gradient(self.upload_start, avg, self._w, spread, self.compensation, self.lambd)
+        params = slice(0, self._num_params)
+        start, w = self.upload_start[params], self._w[params]
+        coef = self._coefficient(start, avg[params], spread[params])
+        grad = compensated_gradient(start, avg[params], w, coef)
+        self.last_comp_coef = coef if isinstance(coef, float) else None
         if self.stale:
             self._prev = self._w.clone()
         self._optimizer.step(grads=[grad])
+        self._w[self._num_params:] = avg[self._num_params:]   # buffers: the plain average
         self.num_updates += 1
         return self._w
+
+    def _coefficient(self, start: Tensor, avg: Tensor, spread: Tensor) -> Tensor | float:
+        if self.compensation not in ADAPTIVE_COMPENSATIONS:
+            return compensation_coefficient(self.compensation, spread, self.lambd, self.comp_coef)
+        pseudo_grad, estimate = start - avg, None
+        if self._last_pseudo_grad is not None:
+            estimate = secant_coefficient(pseudo_grad, self._last_pseudo_grad, start, self._last_start)
+        self._last_pseudo_grad, self._last_start = pseudo_grad, start.clone()
+        return self.comp_coef if estimate is None else estimate

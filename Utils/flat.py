@@ -5,14 +5,25 @@ import torch
 from torch import nn
 
 
-def shared_tensors(model: nn.Module) -> list[torch.Tensor]:
-    """The tensors a message carries: parameters, then persistent buffers (BatchNorm statistics).
+def shared_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """The buffers a message carries: persistent floating-point ones (BatchNorm running statistics).
 
-    Constant tables registered with persistent=False (the Transformer's positional encoding) stay home.
+    Constant tables registered with persistent=False (the Transformer's positional encoding) stay home,
+    and so do integer buffers (BatchNorm's num_batches_tracked): a float32 message would round them.
     """
     persistent = set(model.state_dict().keys())
-    buffers = [b for name, b in model.named_buffers() if name in persistent]
-    return [p for p in model.parameters()] + buffers
+    return [b for name, b in model.named_buffers() if name in persistent and b.is_floating_point()]
+
+
+def shared_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The tensors a message carries: parameters, then shared_buffers (last, so the server can tell them
+    apart: it averages buffers plainly, outside compensation and momentum)."""
+    return list(model.parameters()) + shared_buffers(model)
+
+
+def buffer_size(model: nn.Module) -> int:
+    """How many of flatten_model(model)'s numbers, at its end, are buffers rather than parameters."""
+    return sum(b.numel() for b in shared_buffers(model))
 
 
 def model_size(model: nn.Module) -> int:

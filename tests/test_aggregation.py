@@ -5,12 +5,14 @@ from reference_math import nesterov_reference, weighted_average
 from torch.testing import assert_close
 
 from Utils.aggregation import (
+    ADAPTIVE_COMPENSATIONS,
     COMPENSATIONS,
     ServerUpdate,
     StreamingMoments,
     client_weights,
     compensated_gradient,
     compensation_coefficient,
+    secant_coefficient,
 )
 
 DIM = 64
@@ -112,10 +114,15 @@ def test_streaming_moments_misuse():
 #   dcasgd   C = 0.5 v   = [0.5, 6, 1.5]   ->  g_c = [0, 3, 3]
 #   full     C = 1                         ->  g_c = [0.5, -2, 2.5]  (= w - avg)
 #   none     C = 0                         ->  g_c = [-0.5, -3, 1.5]
+#   constant C = 0.25                      ->  g_c = [-0.25, -2.75, 1.75]
+#   secant   no earlier start to compare with: C = comp_coef, here 0.25, as constant
 PREV, CURRENT, LOCALS, WEIGHTS, LAMBD = t(1, 0, 2), t(2, 1, 3), [t(3, 0, 2), t(1, 4, 0)], [0.25, 0.75], 0.5
-EXPECTED_COEF = {"official": t(0.5, 72, 4.5), "dcasgd": t(0.5, 6, 1.5), "full": 1.0, "none": 0.0}
-EXPECTED_GC = {"official": t(0, 69, 6), "dcasgd": t(0, 3, 3),
-               "full": t(0.5, -2, 2.5), "none": t(-0.5, -3, 1.5)}
+CONSTANT = 0.25
+FIXED = [mode for mode in COMPENSATIONS if mode not in ADAPTIVE_COMPENSATIONS]
+EXPECTED_COEF = {"official": t(0.5, 72, 4.5), "dcasgd": t(0.5, 6, 1.5), "full": 1.0, "none": 0.0,
+                 "constant": CONSTANT}
+EXPECTED_GC = {"official": t(0, 69, 6), "dcasgd": t(0, 3, 3), "full": t(0.5, -2, 2.5),
+               "none": t(-0.5, -3, 1.5), "constant": t(-0.25, -2.75, 1.75), "secant": t(-0.25, -2.75, 1.75)}
 
 
 def hand_moments():
@@ -131,16 +138,16 @@ def test_hand_computed_moments():
     assert torch.equal(spread, t(1, 12, 3))
 
 
-@pytest.mark.parametrize("mode", COMPENSATIONS)
+@pytest.mark.parametrize("mode", FIXED)
 def test_compensation_hand_computed(mode):
     avg, spread = hand_moments()
-    coef = compensation_coefficient(mode, spread, LAMBD)
+    coef = compensation_coefficient(mode, spread, LAMBD, CONSTANT)
     if isinstance(EXPECTED_COEF[mode], float):
         assert coef == EXPECTED_COEF[mode]
     else:
         assert torch.equal(coef, EXPECTED_COEF[mode])
     inputs = [x.clone() for x in (PREV, avg, CURRENT, spread)]
-    g_c = compensated_gradient(PREV, avg, CURRENT, spread, mode, LAMBD)
+    g_c = compensated_gradient(PREV, avg, CURRENT, coef)
     assert torch.equal(g_c, EXPECTED_GC[mode])
     for before, after in zip(inputs, (PREV, avg, CURRENT, spread), strict=True):
         assert torch.equal(before, after)  # pure: nothing modified in place
@@ -150,7 +157,7 @@ def test_compensation_hand_computed(mode):
 def test_server_update_hand_computed(mode):
     """Update 1 takes G_0 = PREV to G_1 = CURRENT (no staleness yet); update 2's uploads started from
     G_0 = PREV, so with mu 0 and server_lr 1: G_2 = CURRENT - g_c."""
-    server = ServerUpdate(PREV, stale=True, compensation=mode, lambd=LAMBD)
+    server = ServerUpdate(PREV, stale=True, compensation=mode, lambd=LAMBD, comp_coef=CONSTANT)
     moments = server.new_round()
     moments.add(CURRENT, 1.0)
     assert torch.equal(server.apply(moments), CURRENT)
@@ -165,7 +172,56 @@ def test_server_update_hand_computed(mode):
 def test_full_compensation_returns_the_average_from_any_start():
     """full: g_c = w - avg, so with mu 0 and server_lr 1 the stale update still lands on avg."""
     avg, spread = hand_moments()
-    assert torch.equal(CURRENT - compensated_gradient(PREV, avg, CURRENT, spread, "full", 0.0), avg)
+    assert torch.equal(CURRENT - compensated_gradient(PREV, avg, CURRENT, 1.0), avg)
+
+
+def test_secant_coefficient_hand_computed():
+    """<g_u - g_{u-1}, prev_u - prev_{u-1}> / |prev_u - prev_{u-1}|^2, clipped to [0, 1]."""
+    assert secant_coefficient(t(1, 0), t(0, 0), t(2, 0), t(0, 0)) == 0.5       # 2 / 4
+    assert secant_coefficient(t(1, 2), t(0, 0), t(1, 1), t(0, -1)) == 1.0      # 5 / 5
+    assert secant_coefficient(t(4, 0), t(0, 0), t(2, 0), t(0, 0)) == 1.0       # 8 / 4, clipped
+    assert secant_coefficient(t(-1, 0), t(0, 0), t(2, 0), t(0, 0)) == 0.0      # -2 / 4, clipped
+    assert secant_coefficient(t(1, 0), t(0, 0), t(3, 3), t(3, 3)) is None      # the start did not move
+
+
+def quadratic_uploads(server: ServerUpdate, optima, rate: float) -> list[torch.Tensor]:
+    """A local round on a quadratic that goes the fraction `rate` of the way to the client's optimum."""
+    start = server.upload_start
+    return [start - rate * (start - optimum) for optimum in optima]
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.6])
+def test_exact_coefficient_makes_the_stale_pipeline_fedavg(rate):
+    """DESIGN §3: with C = a (the fraction of the way one round goes) the one-version-stale update
+    reproduces FedAvg's progress per round: g_c = a (prev - opt) + a (w - prev) = a (w - opt)."""
+    optima = [initial_model(seed) for seed in (1, 2, 3)]
+    weights = client_weights([20, 50, 30])
+    fedavg = ServerUpdate(initial_model(), stale=False)
+    overlap = ServerUpdate(initial_model(), stale=True, compensation="constant", comp_coef=rate)
+    secant = ServerUpdate(initial_model(), stale=True, compensation="secant", comp_coef=rate)
+    for _ in range(6):
+        for server in (fedavg, overlap, secant):
+            moments = server.new_round()
+            for upload, p in zip(quadratic_uploads(server, optima, rate), weights, strict=True):
+                moments.add(upload, p)
+            server.apply(moments)
+        assert_close(overlap.current, fedavg.current, rtol=0, atol=1e-5)
+        assert_close(secant.current, fedavg.current, rtol=0, atol=1e-5)
+        if secant.num_updates >= 3:   # two different starts to compare: the estimate is exact
+            assert secant.last_comp_coef == pytest.approx(rate, abs=1e-4)
+
+
+def test_buffers_are_averaged_plainly():
+    """The trailing num_buffers entries (BatchNorm statistics) skip compensation and momentum."""
+    server = ServerUpdate(t(0, 0, 0, 0), stale=True, momentum=0.9, server_lr=0.5, compensation="full",
+                          num_buffers=2)
+    for uploads in ([t(1, 1, 4, 8), t(3, 3, 0, 0)], [t(2, 2, 6, 2), t(0, 0, 2, 2)]):
+        moments = server.new_round()
+        for upload in uploads:
+            moments.add(upload, 0.5)
+        w = server.apply(moments)
+        assert torch.equal(w[2:], (uploads[0][2:] + uploads[1][2:]) / 2)
+    assert not torch.equal(w[:2], t(1, 1))   # the parameters took the Nesterov step
 
 
 # ---- closed forms ---------------------------------------------------------------------------------
@@ -345,11 +401,9 @@ def test_apply_rejects_moments_of_another_update():
 # ---- user errors ----------------------------------------------------------------------------------
 
 def test_unknown_compensation_names_the_options():
-    pattern = r"'dc'.*official, dcasgd, full, none"
+    pattern = r"'dc'.*official, dcasgd, full, none, constant, secant"
     with pytest.raises(ValueError, match=pattern):
         compensation_coefficient("dc", t(1.0), 0.1)
-    with pytest.raises(ValueError, match=pattern):
-        compensated_gradient(t(1.0), t(1.0), t(1.0), t(1.0), "dc", 0.1)
     with pytest.raises(ValueError, match=pattern):
         ServerUpdate(t(1.0), stale=True, compensation="dc")
 
@@ -358,6 +412,8 @@ def test_unknown_compensation_names_the_options():
     (dict(lambd=-0.1), "lambda"),
     (dict(momentum=-0.9), "momentum"),
     (dict(server_lr=-1.0), "learning rate"),
+    (dict(comp_coef=1.5), "between 0 and 1"),
+    (dict(num_buffers=1), "num_buffers"),
 ])
 def test_bad_server_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):

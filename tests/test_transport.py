@@ -9,7 +9,7 @@ import torch
 
 from Networks import build_model
 from Utils import transport
-from Utils.flat import flatten_model, load_flat_into_model, model_size
+from Utils.flat import buffer_size, flatten_model, load_flat_into_model, model_size
 
 
 def test_flat_model_round_trip_leaves_constant_tables_home():
@@ -23,6 +23,20 @@ def test_flat_model_round_trip_leaves_constant_tables_home():
     load_flat_into_model(flat, target)
     for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_batchnorm_statistics_travel_last_and_integer_buffers_stay_home():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    model.train()
+    model(torch.randn(8, 3))   # moves the running statistics and num_batches_tracked
+    flat = flatten_model(model)
+    num_params = sum(p.numel() for p in model.parameters())
+    assert buffer_size(model) == 8 and flat.numel() == num_params + 8   # mean and var, no counter
+    assert torch.equal(flat[num_params:], torch.cat([model[1].running_mean, model[1].running_var]))
+    target = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    load_flat_into_model(flat, target)
+    assert torch.equal(target[1].running_var, model[1].running_var)
+    assert target[1].num_batches_tracked.item() == 0   # never sent
 
 
 def test_flatten_copies_so_training_cannot_change_a_message():
