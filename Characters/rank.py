@@ -12,10 +12,11 @@ from Characters.server import run_server
 from Networks import build_model, describe_model
 from Utils import transport
 from Utils.config import RunConfig
-from Utils.datasets import TextData, load_dataset
+from Utils.datasets import load_dataset, unverified_note
 from Utils.flat import model_size
 from Utils.partition import client_shards, limit_training_set, shard_size
 from Utils.run_log import setup_logging
+from Utils.text import TextData
 from Utils.training import LocalTrainer
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
         model = build_model(cfg.model, num_classes, **shape).to(device)
         shards = client_shards(data, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
         if rank == transport.SERVER_RANK:
+            note = unverified_note(cfg.dataset, cfg.data_dir)   # here: once per job, not once per rank
+            if note:
+                log.info("%s", note)
             log.info("%s", describe_model(model))
             return run_server(cfg, data, model, [shard_size(s) for s in shards])
         trainer = LocalTrainer(model, data, shards[rank - 1], batch_size=cfg.batch_size, lr=cfg.lr,

@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from Utils.datasets import TextData
+from Utils.text import TextData
 
 PARTITION_SCHEMES = ("iid", "noniid", "dirichlet")
 SHARD_SIZE = 100  # samples per shard of the official non-IID scheme (600 shards for MNIST)

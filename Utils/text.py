@@ -1,33 +1,39 @@
-"""Word-level corpora as in pytorch/examples word_language_model: tokenise, batchify, cut bptt chunks."""
+"""Word-level corpora as in pytorch/examples word_language_model: TextData, tokenise, batchify, bptt chunks."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from Utils.datasets import DatasetCorruptError, DatasetUnavailableError, TextData
+from Utils.data_errors import DatasetCorruptError
 
 BPTT = 35
 EOS = "<eos>"
-# The two namings of a corpus folder: WikiText's (pytorch/examples) and Mikolov's PTB files.
-FILE_NAMINGS = (("train.txt", "valid.txt", "test.txt"), ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"))
 
 
-def load_text_corpus(folder: str | Path, name: str) -> TextData:
-    """Tokenise a folder's train/valid/test files: each line's words then "<eos>".
+@dataclass(frozen=True, eq=False)   # eq=False: tensors do not compare with ==
+class TextData:
+    name: str
+    train_tokens: Tensor   # int64 1-D
+    valid_tokens: Tensor
+    test_tokens: Tensor
+    vocab: list[str]       # index -> word, "<eos>" included (as pytorch/examples word_language_model)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+
+def load_text_corpus(paths: Sequence[str | Path], name: str) -> TextData:
+    """Tokenise the train, valid and test files `paths`: each line's words then "<eos>".
 
     The vocabulary is every word of train, valid and test in first-seen order, as pytorch/examples.
     """
-    folder = Path(folder)
-    paths = next(([folder / file for file in files] for files in FILE_NAMINGS
-                  if all((folder / file).is_file() for file in files)), None)
-    if paths is None:
-        namings = " or ".join(", ".join(files) for files in FILE_NAMINGS)
-        raise DatasetUnavailableError(f"{name}: {folder} holds neither {namings}; "
-                                      f"run `python prepare_data.py --dataset {name}`")
     word_to_index: dict[str, int] = {}
-    train, valid, test = (_tokenize(path, word_to_index, name) for path in paths)
+    train, valid, test = (_tokenize(Path(path), word_to_index, name) for path in paths)
     return TextData(name, train, valid, test, vocab=list(word_to_index))
 
 

@@ -66,7 +66,7 @@ def bare_client(index: int, num_clients: int, rounds: int, epochs: int, data_dir
                 max_train_samples: int | None, barrier, results) -> None:
     """One bare training process: the FL client's shard and model, plain SGD, no communication."""
     torch.set_num_threads(1)
-    data = limit_training_set(load_dataset("mnist", data_dir, download=False), max_train_samples, SEED)
+    data = limit_training_set(load_dataset("mnist", data_dir), max_train_samples, SEED)
     shard = torch.as_tensor(partition_samples(data.train_labels, num_clients, PARTITION, SEED)[index])
     images, labels = data.train_images[shard].contiguous(), data.train_labels[shard].contiguous()
     torch.manual_seed(SEED)

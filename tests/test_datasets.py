@@ -1,9 +1,11 @@
-"""Utils/datasets.py and Utils/text.py: the real data of ../shared/data, generated files in the real
-on-disk formats (EMNIST idx, CIFAR pickles), the uint8 cache, augmentation, offline and broken inputs."""
+"""Utils/datasets.py, Utils/prepare.py, Utils/image_files.py and Utils/text.py: the real data of
+../shared/data, generated files in the real on-disk formats (EMNIST idx, CIFAR pickles), the uint8 cache,
+augmentation, offline (with and without a local copy) and broken inputs."""
 from __future__ import annotations
 
 import fcntl
 import gzip
+import logging
 import pickle
 import socket
 import threading
@@ -17,21 +19,11 @@ import torch.nn.functional as F
 import torchvision
 from conftest import require_shared
 
-import Utils.datasets as datasets_module
-from Utils.datasets import (
-    DATASET_NAMES,
-    DatasetCorruptError,
-    DatasetUnavailableError,
-    ImageData,
-    TextData,
-    augment_batch,
-    dataset_is_text,
-    ensure_dataset,
-    import_dataset,
-    is_prepared,
-    load_dataset,
-)
-from Utils.text import batchify, get_bptt_batch, load_text_corpus
+import Utils.prepare as prepare_module
+from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
+from Utils.datasets import DATASET_NAMES, ImageData, augment_batch, dataset_is_text, load_dataset, unverified_note
+from Utils.prepare import SOURCE_ENV, ensure_dataset, import_dataset, is_prepared, local_copy
+from Utils.text import TextData, batchify, get_bptt_batch, load_text_corpus
 
 # torchvision 0.29 deprecates its JPEG codec in favour of TorchCodec (not a dependency): still used here.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -129,6 +121,13 @@ def no_network(monkeypatch):
     return attempts
 
 
+@pytest.fixture
+def no_local_copy(monkeypatch, tmp_path_factory):
+    """No local copy to fall back on: $OVERLAP_FEDAVG_DATA_SOURCE names an empty folder (else ../shared/data
+    beside the checkout, present on this machine, would be imported from)."""
+    monkeypatch.setenv(SOURCE_ENV, str(tmp_path_factory.mktemp("no-local-copies")))
+
+
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
@@ -145,7 +144,7 @@ def real(root: Path, name: str, subdir: str) -> ImageData | TextData:
     source = require_shared(subdir)
     if not is_prepared(name, root):
         import_dataset(name, source, root)
-    return load_dataset(name, root, download=False)
+    return load_dataset(name, root)
 
 
 @pytest.mark.parametrize("name, subdir, train, test, classes, shape, std_tol", [
@@ -203,7 +202,8 @@ def test_real_wikitext2_and_ptb_corpora(real_root):
 
 def test_emnist_balanced_from_torchvision_raw_layout_is_upright(tmp_path):
     upright = make_emnist(tmp_path / "EMNIST" / "raw")
-    data = load_dataset("emnist", tmp_path, download=False)
+    ensure_dataset("emnist", tmp_path, download=False)   # the raw files in place: only the caches are built
+    data = load_dataset("emnist", tmp_path)
     assert data.num_classes == 47 and data.train_images.shape == (47 * 6, 1, 28, 28) and not data.augment
     assert data.test_images.shape == (47 * 2, 1, 28, 28)
     assert torch.equal(data.train_labels, torch.arange(47 * 6) % 47)
@@ -216,7 +216,8 @@ def test_emnist_balanced_from_torchvision_raw_layout_is_upright(tmp_path):
 @pytest.mark.parametrize("name, folder", [("cifar100", "cifar-100-python"), ("cifar10", "cifar-10-batches-py")])
 def test_cifar_pickled_batches_load_with_the_right_pixels(tmp_path, name, folder):
     contents = make_cifar_pickles(tmp_path / folder, name)
-    data = load_dataset(name, tmp_path, download=False)
+    ensure_dataset(name, tmp_path, download=False)
+    data = load_dataset(name, tmp_path)
     train_batches = [b for b in contents if b not in ("test", "test_batch")]
     expected_pixels = np.concatenate([contents[b][0] for b in train_batches]).reshape(-1, 3, 32, 32)
     expected_labels = sum((contents[b][1] for b in train_batches), [])
@@ -249,15 +250,19 @@ def test_cifar10_jpeg_npz_import_decodes_the_images(tmp_path):
     assert cache["images"].shape == (30, 3, 32, 32) and cache["verified"] is False
     assert cache["source"] == f"imported from {source}"
     assert (cache["images"].int() - originals["train"].int()).abs().max() <= 3
-    data = load_dataset("cifar10", tmp_path / "data", download=False)
+    data = load_dataset("cifar10", tmp_path / "data")
     assert data.test_labels.tolist() == list(range(10))
+    assert unverified_note("cifar10", tmp_path / "data") == \
+        f"cifar10: using a copy imported from {source} (not checksum-verified)"
 
 
 # -------------------------------------------------------------------------- offline, downloads
 
-def test_absent_image_dataset_offline_raises_one_clear_line_and_writes_nothing(tmp_path, no_network):
+def test_absent_image_dataset_offline_raises_one_clear_line_and_writes_nothing(tmp_path, no_network, no_local_copy):
+    start = time.monotonic()
     with pytest.raises(DatasetUnavailableError) as error:
-        load_dataset("mnist", tmp_path / "data")
+        ensure_dataset("mnist", tmp_path / "data")
+    assert time.monotonic() - start < 2   # no network is noticed at once, not after each mirror's timeout
     message = str(error.value)
     assert "\n" not in message and message.startswith("mnist: not in")
     assert "no network" in message and "prepare_data.py" in message and "--source DIR" in message
@@ -266,15 +271,49 @@ def test_absent_image_dataset_offline_raises_one_clear_line_and_writes_nothing(t
     assert files_under(tmp_path) == ["data/.mnist.lock"]   # no staging folder, no partial file
 
 
-def test_absent_text_dataset_offline_raises_one_clear_line(tmp_path, no_network):
+def test_absent_text_dataset_offline_raises_one_clear_line(tmp_path, no_network, no_local_copy):
     with pytest.raises(DatasetUnavailableError, match=r"^wikitext2: not in .*no network.*train\.txt"):
         ensure_dataset("wikitext2", tmp_path)
     assert not (tmp_path / "wikitext-2").exists() or files_under(tmp_path / "wikitext-2") == []
 
 
+def test_offline_a_missing_dataset_is_imported_from_the_local_copy(tmp_path, no_network, monkeypatch, caplog):
+    source = tmp_path / "copies"
+    upright = make_mnist(source / "mnist", gz=True)
+    monkeypatch.setenv(SOURCE_ENV, str(source))
+    with caplog.at_level(logging.INFO, logger="Utils.prepare"):
+        ensure_dataset("mnist", tmp_path / "data")
+    assert f"mnist: no network; importing from {source / 'mnist'}" in caplog.messages
+    assert no_network   # a download was tried first
+    data = load_dataset("mnist", tmp_path / "data")
+    assert torch.equal(data.test_labels, torch.arange(50) % 10) and data.train_images.shape == (200, 1, 28, 28)
+    cache = torch.load(tmp_path / "data" / "MNIST" / "cache-train.pt", weights_only=True)
+    assert torch.equal(cache["images"][:, 0], torch.from_numpy(upright["train"]))
+    assert cache["source"] == f"imported from {source / 'mnist'}" and cache["verified"] is False
+    assert [f for f in files_under(tmp_path / "data") if "/raw/" in f] == \
+        sorted(f"MNIST/raw/{f}" for pair in MNIST_FILES.values() for f in pair)   # decompressed, as torchvision's
+
+
+def test_without_the_variable_the_local_copy_is_shared_data_beside_the_checkout(monkeypatch):
+    monkeypatch.delenv(SOURCE_ENV, raising=False)
+    assert local_copy("mnist") == require_shared("mnist") and local_copy("cifar10") == require_shared("cifar10-jpeg")
+
+
+def test_load_dataset_never_prepares_and_says_how(tmp_path, no_network):
+    make_mnist(tmp_path / "MNIST" / "raw")   # raw files, but no caches yet
+    with pytest.raises(DatasetUnavailableError, match=r"^mnist: not prepared in .*cache-train\.pt is missing\); "
+                                                      r"run `python prepare_data\.py --dataset mnist --data_dir "):
+        load_dataset("mnist", tmp_path)
+    with pytest.raises(DatasetUnavailableError, match=r"^ptb: not prepared in .*ptb\.train\.txt is missing"):
+        load_dataset("ptb", tmp_path)
+    assert no_network == [] and files_under(tmp_path) == sorted(f"MNIST/raw/{f}" for f in MNIST_FILES["train"]
+                                                                + MNIST_FILES["test"])   # nothing built
+
+
 class FakeTorchvisionMNIST:
     """Stands in for torchvision.datasets.MNIST's download: leaves the files torchvision would leave."""
     resources = torchvision.datasets.MNIST.resources
+    mirrors = torchvision.datasets.MNIST.mirrors
     fail = False
 
     def __init__(self, root: str, train: bool, download: bool):
@@ -286,8 +325,14 @@ class FakeTorchvisionMNIST:
                                "HTTP Error 503: Service Unavailable")
 
 
-def test_download_moves_a_finished_download_into_place(tmp_path, monkeypatch):
-    monkeypatch.setitem(datasets_module._TORCHVISION_CLASSES, "mnist", FakeTorchvisionMNIST)
+@pytest.fixture
+def fake_mnist_download(monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeTorchvisionMNIST)
+    monkeypatch.setattr(prepare_module, "_network_reaches", lambda urls: True)
+
+
+def test_download_moves_a_finished_download_into_place(tmp_path, fake_mnist_download):
+    ensure_dataset("mnist", tmp_path)
     data = load_dataset("mnist", tmp_path)
     assert data.train_images.shape == (200, 1, 28, 28) and data.test_labels.shape == (50,)
     assert files_under(tmp_path) == [".mnist.lock", "MNIST/cache-test.pt", "MNIST/cache-train.pt"] + \
@@ -296,8 +341,7 @@ def test_download_moves_a_finished_download_into_place(tmp_path, monkeypatch):
     assert cache["source"] == "torchvision" and cache["verified"] is False   # no .gz with torchvision's md5
 
 
-def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
-    monkeypatch.setitem(datasets_module._TORCHVISION_CLASSES, "mnist", FakeTorchvisionMNIST)
+def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch, fake_mnist_download):
     monkeypatch.setattr(FakeTorchvisionMNIST, "fail", True)
     with pytest.raises(DatasetUnavailableError,
                        match=r"could not be downloaded \(RuntimeError: HTTP Error 503: Service Unavailable\)"):
@@ -305,9 +349,9 @@ def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
     assert files_under(tmp_path) == [".mnist.lock"] and not is_prepared("mnist", tmp_path)
 
 
-def test_download_off_fails_without_touching_the_network(tmp_path, no_network):
+def test_download_off_fails_without_touching_the_network(tmp_path, no_network, no_local_copy):
     with pytest.raises(DatasetUnavailableError, match="downloading is off"):
-        load_dataset("cifar100", tmp_path, download=False)
+        ensure_dataset("cifar100", tmp_path, download=False)
     assert no_network == [] and not tmp_path.joinpath(".cifar100.lock").exists()
 
 
@@ -337,17 +381,19 @@ def test_dataset_is_text():
     assert [dataset_is_text(name) for name in DATASET_NAMES] == [False] * 5 + [True] * 2
 
 
-@pytest.mark.parametrize("damage, complaint", [
-    (lambda data: data[:-100], r"truncated\?"),
-    (lambda data: b"\x00\x00\x09\x03" + data[4:], "not a uint8 idx file"),
+@pytest.mark.parametrize("damage, complaint", [   # torchvision's reader fails; the message says how
+    (lambda data: data[:-100], r"\(RuntimeError: shape '\[200, 28, 28\]' is invalid for input of size 156700\)"),
+    (lambda data: b"\x00\x00\x09\x03" + data[4:], r"\(TypeError: x should be of dtype torch.uint8"),
+    (lambda data: b"garbage" * 3, r"\(AssertionError on its header\)"),
 ])
 def test_broken_idx_file_is_corrupt_with_its_path(tmp_path, damage, complaint):
     make_mnist(tmp_path / "MNIST" / "raw")
     broken = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     broken.write_bytes(damage(broken.read_bytes()))
-    with pytest.raises(DatasetCorruptError, match=complaint) as error:
-        load_dataset("mnist", tmp_path, download=False)
-    assert str(broken) in str(error.value) and "prepare_data.py --dataset mnist" in str(error.value)
+    with pytest.raises(DatasetCorruptError, match="not a complete uint8 idx file of images .*" + complaint) as error:
+        ensure_dataset("mnist", tmp_path, download=False)
+    assert str(error.value).startswith(f"{broken}: ") and "\n" not in str(error.value)
+    assert "delete it and run `python prepare_data.py --dataset mnist`" in str(error.value)
     assert not is_prepared("mnist", tmp_path)
 
 
@@ -371,7 +417,7 @@ def test_broken_cache_is_corrupt_with_its_path(mnist_cache_root, damage, complai
     cache = mnist_cache_root / "MNIST" / "cache-train.pt"
     damage(cache)
     with pytest.raises(DatasetCorruptError, match=complaint) as error:
-        load_dataset("mnist", mnist_cache_root, download=False)
+        load_dataset("mnist", mnist_cache_root)
     assert str(cache) in str(error.value) and "delete it" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -414,18 +460,22 @@ def test_broken_jpeg_npz_and_gzip_sources_are_corrupt(tmp_path):
     gz.write_bytes(gz.read_bytes()[:-50])
     with pytest.raises(DatasetCorruptError, match="train-images-idx3-ubyte.gz: not a complete gzip file"):
         import_dataset("mnist", mnist, tmp_path / "data")
-    assert [f for f in files_under(tmp_path / "data") if not f.endswith(".lock")] == []
+    make_mnist(mnist, gz=True)   # now a good .gz, and a truncated plain test label file (the last one read)
+    labels = mnist / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(gzip.decompress((mnist / "t10k-labels-idx1-ubyte.gz").read_bytes())[:-5])
+    with pytest.raises(DatasetCorruptError, match=f"^{labels}: not a complete uint8 idx file of labels .*re-copy it$"):
+        import_dataset("mnist", mnist, tmp_path / "data")
+    assert [f for f in files_under(tmp_path / "data") if not f.endswith(".lock")] == []   # none written
 
 
 def test_empty_or_binary_text_file_is_corrupt(tmp_path):
-    write_text_corpus(tmp_path, ("train.txt", "valid.txt", "test.txt"), ("a b\n", "", "c\n"))
+    files = ("train.txt", "valid.txt", "test.txt")
+    write_text_corpus(tmp_path, files, ("a b\n", "", "c\n"))
     with pytest.raises(DatasetCorruptError, match=r"valid\.txt: empty text file"):
-        load_text_corpus(tmp_path, "wikitext2")
+        load_text_corpus([tmp_path / file for file in files], "wikitext2")
     (tmp_path / "valid.txt").write_bytes(b"ok \xff\xfe\n")
     with pytest.raises(DatasetCorruptError, match=r"valid\.txt: not UTF-8 text"):
-        load_text_corpus(tmp_path, "wikitext2")
-    with pytest.raises(DatasetUnavailableError, match="holds neither train.txt"):
-        load_text_corpus(tmp_path / "missing", "ptb")
+        load_text_corpus([tmp_path / file for file in files], "wikitext2")
 
 
 # ------------------------------------------------------------------------------ augmentation
@@ -468,9 +518,9 @@ def test_augment_batch_fill_and_its_draws_cover_every_offset_and_both_flips():
 # ------------------------------------------------------------------------------------ text
 
 def test_text_corpus_vocabulary_in_first_seen_order_with_eos(tmp_path):
-    write_text_corpus(tmp_path, ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"),
-                      (" a b \n b c\n", "c d\n", "\nd\n"))
-    corpus = load_text_corpus(tmp_path, "ptb")
+    files = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
+    write_text_corpus(tmp_path, files, (" a b \n b c\n", "c d\n", "\nd\n"))
+    corpus = load_text_corpus([tmp_path / file for file in files], "ptb")
     assert corpus.vocab == ["a", "b", "<eos>", "c", "d"] and corpus.vocab_size == 5
     assert corpus.train_tokens.tolist() == [0, 1, 2, 1, 3, 2]
     assert corpus.valid_tokens.tolist() == [3, 4, 2] and corpus.test_tokens.tolist() == [2, 4, 2]

@@ -8,12 +8,20 @@ import pytest
 import torch
 import torchvision
 from conftest import ROOT, require_shared
-from test_datasets import files_under, make_cifar_pickles, make_emnist, make_mnist, no_network, write_text_corpus
+from test_datasets import (
+    files_under,
+    make_cifar_pickles,
+    make_emnist,
+    make_mnist,
+    no_local_copy,
+    no_network,
+    write_text_corpus,
+)
 
 import prepare_data
 from Utils.datasets import DATASET_NAMES, load_dataset
 
-__all__ = ["no_network"]   # a fixture of test_datasets, requested by name below
+__all__ = ["no_local_copy", "no_network"]   # fixtures of test_datasets, requested by name below
 
 
 def run(capsys, *argv: str) -> tuple[int, list[str]]:
@@ -50,7 +58,7 @@ def test_script_imports_one_dataset_from_its_own_folder(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"ptb: ready in {tmp_path / 'ptb'} "
                                           "(929,589 / 73,760 / 82,430 train / valid / test tokens)"]
-    assert load_dataset("ptb", tmp_path, download=False).vocab_size == 10_000
+    assert load_dataset("ptb", tmp_path).vocab_size == 10_000
 
 
 def test_all_from_a_source_imports_what_it_holds_and_reports_the_rest(tmp_path, capsys):
@@ -72,12 +80,13 @@ def test_all_from_a_source_imports_what_it_holds_and_reports_the_rest(tmp_path, 
     # The imported files are those a download would have left: torchvision reads them, and so does the loader.
     emnist = torchvision.datasets.EMNIST(str(data_dir), split="balanced", train=True, download=False)
     assert torch.equal(emnist.data.transpose(1, 2), torch.from_numpy(upright["train"]))
-    assert load_dataset("emnist", data_dir, download=False).num_classes == 47
-    assert load_dataset("cifar100", data_dir, download=False).train_images.shape == (200, 3, 32, 32)
+    assert load_dataset("emnist", data_dir).num_classes == 47
+    assert load_dataset("cifar100", data_dir).train_images.shape == (200, 3, 32, 32)
     assert not (data_dir / "FashionMNIST").exists() and not (data_dir / "wikitext-2").exists()
 
 
-def test_offline_without_source_one_line_per_dataset_and_nothing_written(tmp_path, capsys, no_network):
+def test_offline_without_source_one_line_per_dataset_and_nothing_written(tmp_path, capsys, no_network,
+                                                                         no_local_copy):
     code, lines = run(capsys, "--data_dir", str(tmp_path))
     assert code == 1 and len(lines) == len(DATASET_NAMES)
     for name, line in zip(DATASET_NAMES, lines, strict=True):
