@@ -18,7 +18,8 @@ import torch.multiprocessing as mp
 from Characters.rank import run_rank
 from Utils import transport
 from Utils.config import RunConfig
-from Utils.datasets import DatasetCorruptError, DatasetUnavailableError, ensure_dataset
+from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
+from Utils.prepare import ensure_dataset
 from Utils.run_log import setup_logging
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ def launch(cfg: RunConfig) -> tuple[int, dict | None]:
 
 def _run_one_rank(cfg: RunConfig, rank: int, world_size: int) -> dict | None:
     """Several machines: this process is one rank; MASTER_ADDR/MASTER_PORT come from the environment."""
-    if world_size != cfg.world_size:
+    setup_logging(rank)   # this process is that rank from its first line on
+    if world_size != cfg.world_size and rank == transport.SERVER_RANK:   # said once, not by every rank
         log.info("world size %d from the environment (WORLD_SIZE) overrides --world_size %d",
                  world_size, cfg.world_size)
     if world_size < 2:
@@ -88,10 +90,21 @@ def _run_one_rank(cfg: RunConfig, rank: int, world_size: int) -> dict | None:
         if name not in os.environ:
             raise LaunchError(f"RANK and WORLD_SIZE are set but {name} is not; set it to the server's "
                               f"{'address' if name == 'MASTER_ADDR' else 'port'} on every machine")
-    os.environ.setdefault("OVERLAP_FEDAVG_LAUNCH_TIME", str(process_start_time()))
-    cfg = replace(cfg, world_size=world_size).with_run_dir()
+    cfg = replace(cfg, world_size=world_size, launch_time=_launch_time()).with_run_dir()
     log.info("rank %d of %d: %s", rank, world_size, device_note(cfg))
+    ensure_dataset(cfg.dataset, cfg.data_dir)   # ranks sharing a machine take turns (a file lock)
     return run_rank(rank, cfg, rendezvous_from_env=True)
+
+
+_launched_before = False   # a grid or search launches several jobs from one process
+
+
+def _launch_time() -> float:
+    """When this job started: the first job of a process counts from the process's start, so start-up
+    includes the interpreter and the torch import; a later job of a grid or search from its own launch."""
+    global _launched_before
+    first, _launched_before = not _launched_before, True
+    return process_start_time() if first else time.time()
 
 
 def process_start_time() -> float:
@@ -105,7 +118,7 @@ def process_start_time() -> float:
 
 
 def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
-    os.environ["OVERLAP_FEDAVG_LAUNCH_TIME"] = str(process_start_time())
+    cfg = replace(cfg, launch_time=_launch_time())
     if cfg.master_port == 0:
         cfg = replace(cfg, master_port=transport.free_port())
     elif not transport.port_is_free("", cfg.master_port):

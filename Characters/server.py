@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -19,17 +18,18 @@ from tqdm import tqdm
 from Utils import transport
 from Utils.aggregation import ServerUpdate, StreamingMoments, client_weights
 from Utils.config import RunConfig
-from Utils.datasets import ImageData, TextData
+from Utils.datasets import ImageData
 from Utils.flat import flatten_model, load_flat_into_model, model_size
 from Utils.run_log import MetricsWriter, higher_is_better
+from Utils.text import TextData
 from Utils.training import evaluate
 from Utils.transport import RoundReport
 
 log = logging.getLogger(__name__)
 
-def job_start_time() -> float:
+def job_start_time(cfg: RunConfig) -> float:
     """When the job was launched (set by the launcher), else when this process started its run."""
-    return float(os.environ.get("OVERLAP_FEDAVG_LAUNCH_TIME", time.time()))
+    return cfg.launch_time if cfg.launch_time is not None else time.time()
 
 
 def reset_peak_resident() -> None:
@@ -63,7 +63,7 @@ class _Server:
     def __init__(self, cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Module,
                  num_samples: list[int]):
         self.cfg, self.data, self.model = cfg, data, model
-        self.launched = job_start_time()
+        self.launched = job_start_time(cfg)
         self.out_dir = Path(cfg.out_dir)
         self.metric = "perplexity" if isinstance(data, TextData) else "accuracy"
         self.writer = MetricsWriter(self.out_dir / "metrics.csv", self.metric)

@@ -1,4 +1,4 @@
-"""Several runs of one job: the --lr/--mom/--lambd grid, or an optuna search (AsyncFedAvg.py).
+"""Several runs of one job (AsyncFedAvg.py, options in Utils.config.SearchConfig): a grid, or an optuna search.
 
 Each run is a whole job with its own run directory; runs go one after another.
 """
@@ -8,11 +8,11 @@ import itertools
 import logging
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from Characters.launch import launch
-from Utils.config import RunConfig
+from Utils.config import RunConfig, SearchConfig
 from Utils.datasets import dataset_is_text
 from Utils.run_log import higher_is_better
 
@@ -24,42 +24,38 @@ def _run_dir(base: RunConfig, tag: str) -> str | None:
     return str(Path(base.out_dir) / tag) if base.out_dir else None
 
 
-def run_grid(base: RunConfig, *, lrs: list[float], moms: list[float], lambds: list[float]) -> None:
-    """Run every (lr, mom, lambd) combination; end with a summary table. Exits non-zero if any run failed."""
-    combos = list(itertools.product(lrs, moms, lambds))
+def run_grid(base: RunConfig, grid: dict[str, tuple]) -> None:
+    """Run every combination of the grid's values (RunConfig field -> values); end with a summary table.
+    Exits non-zero if any run failed."""
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     if len(combos) == 1:
-        status, _ = launch(base)
+        status, _ = launch(replace(base, **combos[0]))
         sys.exit(status)
     results = []
-    for lr, mom, lambd in combos:
-        tag = f"lr{lr:g}-mom{mom:g}-lambd{lambd:g}"
-        cfg = replace(base, lr=lr, mom=mom, lambd=lambd, out_dir=_run_dir(base, tag))
+    for combo in combos:
+        tag = "-".join(f"{name}{value:g}" for name, value in combo.items())
+        cfg = replace(base, **combo, out_dir=_run_dir(base, tag))
         log.info("grid run %d/%d: %s", len(results) + 1, len(combos), tag)
         status, summary = launch(cfg)
-        results.append((lr, mom, lambd, status, summary))
+        results.append((combo, status, summary))
         if status == 130:   # Ctrl-C stops the whole grid
             break
     log.info("grid summary:\n%s", format_table(results))
-    sys.exit(max(status for *_, status, _ in results))
+    sys.exit(max(status for _, status, _ in results))
 
 
-def format_table(results: list[tuple]) -> str:
-    lines = [f"{'lr':>10} {'mom':>6} {'lambd':>8} {'final':>9} {'best':>9} {'wall_s':>8}  run directory"]
-    for lr, mom, lambd, status, summary in results:
+def format_table(results: list[tuple[dict, int, dict | None]]) -> str:
+    """One line per run: its grid values, final and best metric, wall time and run directory."""
+    lines = [" ".join(f"{name:>10}" for name in results[0][0]) + f" {'final':>9} {'best':>9} {'wall_s':>8}"
+             "  run directory"]
+    for combo, status, summary in results:
+        values = " ".join(f"{value:>10g}" for value in combo.values())
         if summary is None:
-            lines.append(f"{lr:>10g} {mom:>6g} {lambd:>8g} {'failed':>9} {'':>9} {'':>8}  (exit {status})")
+            lines.append(f"{values} {'failed':>9} {'':>9} {'':>8}  (exit {status})")
             continue
-        lines.append(f"{lr:>10g} {mom:>6g} {lambd:>8g} {summary['final']:>9.4f} {summary['best']:>9.4f} "
-                     f"{summary['wall_s']:>8.1f}  {summary['line'].rsplit('run directory ', 1)[-1]}")
+        lines.append(f"{values} {summary['final']:>9.4f} {summary['best']:>9.4f} {summary['wall_s']:>8.1f}  "
+                     f"{summary['line'].rsplit('run directory ', 1)[-1]}")
     return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class OptunaSpace:
-    """(low, high) search bounds; None keeps the command line's first value."""
-    lr: tuple[float, float] | None = None
-    mom: tuple[float, float] | None = None
-    lambd: tuple[float, float] | None = None
 
 
 def study_direction(dataset: str) -> tuple[str, str]:
@@ -68,7 +64,7 @@ def study_direction(dataset: str) -> tuple[str, str]:
     return metric, "maximize" if higher_is_better(metric) else "minimize"
 
 
-def run_optuna(base: RunConfig, space: OptunaSpace, trials: int) -> None:
+def run_optuna(base: RunConfig, search: SearchConfig) -> None:
     """Search with optuna; maximise accuracy, minimise perplexity. Early-stopped trials count as pruned."""
     try:
         import optuna  # optional: only this path needs it
@@ -78,11 +74,10 @@ def run_optuna(base: RunConfig, space: OptunaSpace, trials: int) -> None:
     metric, direction = study_direction(base.dataset)
 
     def objective(trial: optuna.Trial) -> float:
-        cfg = replace(base,
-                      lr=trial.suggest_float("lr", *space.lr, log=True) if space.lr else base.lr,
-                      mom=trial.suggest_float("mom", *space.mom) if space.mom else base.mom,
-                      lambd=trial.suggest_float("lambd", *space.lambd) if space.lambd else base.lambd,
-                      out_dir=_run_dir(base, f"trial{trial.number}"))
+        # The learning rate on a log scale; a parameter without a search range keeps the run's value.
+        suggested = {name: trial.suggest_float(name, low, high, log=name == "lr")
+                     for name, (low, high) in search.optuna_ranges.items()}
+        cfg = replace(base, **suggested, out_dir=_run_dir(base, f"trial{trial.number}"))
         status, summary = launch(cfg)
         if status != 0 or summary is None:
             raise RuntimeError(f"trial {trial.number} failed (exit {status})")
@@ -92,7 +87,7 @@ def run_optuna(base: RunConfig, space: OptunaSpace, trials: int) -> None:
         return value if math.isfinite(value) else (-math.inf if direction == "maximize" else math.inf)
 
     study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=base.seed))
-    study.optimize(objective, n_trials=trials, catch=(RuntimeError,))
+    study.optimize(objective, n_trials=search.optuna_trials, catch=(RuntimeError,))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     log.info("optuna: %d trials, %d complete, %d pruned (%s %s)", len(study.trials), len(done), len(pruned),

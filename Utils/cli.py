@@ -1,106 +1,101 @@
-"""The command-line options both entry scripts share (the official flags plus ours), with validation.
+"""The command lines of FedAvg.py and AsyncFedAvg.py, built from the option fields of Utils.config, and the
+checks that span several options.
 
-Bad values stop at the parser with a one-line message and exit status 2.
+Bad values stop at the parser with a one-line message and exit status 2 (parser.error).
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import MISSING, Field, fields
 
-from Networks import MODEL_NAMES, check_model_fits
-from Utils.datasets import DATASET_NAMES, dataset_is_text, image_shape
-from Utils.partition import PARTITION_SCHEMES
+from Networks import check_model_fits
+from Utils.config import ASYNC, RunConfig, SearchConfig
+from Utils.datasets import dataset_is_text, image_shape
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {text}")
-    return value
+EPILOG = """\
+several machines: start one process per rank; rank 0 is the server, on the machine HOST.
+  With torchrun, once per machine (--node_rank 0 on HOST, 1, 2, ... on the others):
+    torchrun --nnodes 2 --nproc_per_node 3 --node_rank 0 --master_addr HOST --master_port 29500 {script}.py ...
+  Or by hand, one process per rank r = 0 .. N-1:
+    RANK=r WORLD_SIZE=N MASTER_ADDR=HOST MASTER_PORT=29500 python {script}.py ...
+  WORLD_SIZE then overrides --world_size, MASTER_ADDR and MASTER_PORT override --master_addr and
+  --master_port. Give every rank the same options. More in docs/several-machines.md.
+"""
 
 
-def seed_value(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
-    return value
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535 (0 picks a free one), got {text}")
-    return value
-
-
-def device_list(text: str) -> tuple[int, ...]:
-    try:
-        devices = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a comma list of CUDA device numbers such as 0,0,1, "
-                                         f"got {text!r}") from None
-    if any(d < 0 for d in devices):
-        raise argparse.ArgumentTypeError(f"device numbers cannot be negative, got {text!r}")
-    return devices
-
-
-def common_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = parser.add_argument
-    add("--world_size", type=int, default=5,
-        help="processes in the job: the server plus the clients (so clients = world_size - 1)")
-    add("--dataset", default="mnist", choices=DATASET_NAMES)
-    add("--model", default="mnistnet", choices=MODEL_NAMES)
-    add("--batch_size", type=positive_int, default=32, help="client batch size")
-    add("--max_epoch", type=positive_int, default=10, help="rounds R (global model versions after G_0)")
-    add("--client_epoch", type=positive_int, default=5, help="local epochs E per round")
-    add("--seed", type=seed_value, default=2020, help="seeds the model, partitions and every client's RNG")
-    add("--partition", default="noniid", choices=PARTITION_SCHEMES,
-        help="how the training set is split across clients (noniid: the official label shards)")
-    add("--alpha", type=positive_float, default=0.5, help="Dirichlet concentration for --partition dirichlet")
-    add("--data_dir", default="./data", help="data root (torchvision layout; see prepare_data.py)")
-    add("--out_dir", default=None, help="run directory (default runs/<script>-<dataset>-<model>-<time>)")
-    add("--gpus", type=device_list, default=None,
-        help="comma list of CUDA devices, one per rank (default: CPU); ignored when CUDA is absent")
-    add("--backend", default="gloo", choices=("gloo", "nccl"))
-    add("--master_addr", default="localhost", help="the server's address (single machine: localhost)")
-    add("--master_port", type=port_number, default=29500, help="the server's port (0: pick a free one)")
-    add("--bandwidth", type=positive_float, default=None,
-        help="emulate each client's link at this many Mbit/s (default: the real network)")
-    add("--latency", type=non_negative_float, default=0.0, help="emulated link latency per message, ms")
-    add("--max_train_samples", type=positive_int, default=None,
-        help="train on a seeded random subset of this many samples (text: the first N tokens) for quick trials")
-    add("--eval_every", type=non_negative_int, default=1,
-        help="evaluate the global model every N rounds and after the last (0: never, for timing runs)")
-    add("--timeout", type=positive_float, default=1800.0,
-        help="seconds any rank waits for a peer before declaring it dead")
-    add("--threads", type=positive_int, default=1, help="intra-op threads per process on the CPU")
+def build_parser(script: str, description: str) -> argparse.ArgumentParser:
+    """The parser of one entry script: the RunConfig options it takes, then its SearchConfig options."""
+    parser = argparse.ArgumentParser(description=description, epilog=EPILOG.format(script=script),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(script=script)
+    for option in _options(RunConfig, script):
+        flag, settings = _argument(option, script)
+        parser.add_argument(flag, **settings)
+    search_options = _options(SearchConfig, script)
+    if search_options:
+        grid = ", ".join(f"--{f.name}" for f in _grid_options(script))
+        group = parser.add_argument_group("several runs", f"Several values of {grid} run every combination, one "
+                                          "job after another;\n--optuna searches instead.")
+        for option in search_options:
+            flag, settings = _argument(option, script)
+            group.add_argument(flag, **settings)
     return parser
 
 
-def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Cross-option checks; parser.error exits with status 2 and a one-line message."""
+def _options(config: type, script: str) -> list[Field]:
+    """The fields of a config dataclass that are command-line options of this script."""
+    return [f for f in fields(config) if script in f.metadata.get("scripts", ())]
+
+
+def _grid_options(script: str) -> list[Field]:
+    """The RunConfig options of which this script takes several values, to run each."""
+    return [f for f in _options(RunConfig, script) if script in f.metadata["grid"]]
+
+
+def _argument(option: Field, script: str) -> tuple[str, dict]:
+    """The flag and add_argument settings of one option: its help shows exactly one default (none when the
+    default is None or the option is a flag)."""
+    meta = option.metadata
+    default = option.default if meta["cli_default"] is MISSING else meta["cli_default"]
+    settings, help_text = dict(meta["add_argument"]), meta["help"]
+    if script in meta["grid"]:
+        settings["nargs"], default = "+", [default]
+        help_text += "; several values run a grid"
+    if default is not None and default is not False and "default" not in help_text:
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        help_text += f" (default: {shown})"
+    return meta["flag"] or f"--{option.name}", {"dest": option.name, "default": default,
+                                                "help": help_text.replace("%", "%%"), **settings}
+
+
+def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunConfig:
+    """The run's options from the parsed command line, after the checks that span several options.
+
+    A grid option gives the run its first value (search_config holds them all); options the script does not
+    take keep the field defaults (FedAvg: plain averaging).
+    """
+    _check_run(parser, args)
+    values = {}
+    for option in _options(RunConfig, args.script):
+        value = getattr(args, option.name)
+        if args.script in option.metadata["grid"]:
+            value = value[0]
+        values[option.name] = tuple(value) if isinstance(value, list) else value
+    if "early_stop" in values:
+        values["early_stop"] = _early_stop(parser, args)
+    return RunConfig(script=args.script, overlap=args.script == ASYNC, **values)
+
+
+def search_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SearchConfig:
+    """How to run several jobs: every grid option's values, or the optuna search; after its checks."""
+    values = {f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v
+              for f in _options(SearchConfig, args.script)}
+    search = SearchConfig(grid={f.name: tuple(getattr(args, f.name)) for f in _grid_options(args.script)}, **values)
+    _check_search(parser, search)
+    return search
+
+
+def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.world_size < 2:
         parser.error(f"--world_size {args.world_size}: need the server and at least one client (>= 2)")
     text = dataset_is_text(args.dataset)
@@ -111,11 +106,30 @@ def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--model {args.model} with --dataset {args.dataset}: {error}")
     if args.backend == "nccl" and args.gpus is None:
         parser.error("--backend nccl needs --gpus (one CUDA device per rank)")
+    if any(value >= 1 for value in vars(args).get("mom", ())):
+        parser.error("--mom must be below 1 (a momentum of 1 or more diverges)")
 
 
-def common_options(args: argparse.Namespace) -> dict:
-    """The RunConfig fields both scripts take straight from the command line."""
-    names = ("world_size", "dataset", "model", "batch_size", "max_epoch", "client_epoch", "seed", "partition",
-             "alpha", "data_dir", "out_dir", "gpus", "backend", "master_addr", "master_port", "bandwidth",
-             "latency", "max_train_samples", "eval_every", "timeout", "threads")
-    return {name: getattr(args, name) for name in names}
+def _early_stop(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[int, float] | None:
+    """--optuna_early_stop ROUND METRIC as (int, float), ROUND within the run."""
+    if args.early_stop is None:
+        return None
+    try:
+        round_index, metric = int(args.early_stop[0]), float(args.early_stop[1])
+    except ValueError:
+        parser.error("--optuna_early_stop takes ROUND (an integer) and METRIC (a number)")
+    if not 1 <= round_index <= args.max_epoch:
+        parser.error(f"--optuna_early_stop ROUND must be between 1 and --max_epoch {args.max_epoch}")
+    return round_index, metric
+
+
+def _check_search(parser: argparse.ArgumentParser, search: SearchConfig) -> None:
+    for name, (low, high) in search.optuna_ranges.items():
+        if not low < high:
+            parser.error(f"--optuna_{name} LOW HIGH needs LOW < HIGH, got {low} {high}")
+    if search.optuna and not search.optuna_ranges:
+        parser.error("--optuna needs a search range: --optuna_lr, --optuna_mom and/or --optuna_lambd LOW HIGH")
+    if not search.optuna and (search.optuna_ranges or search.optuna_trials != parser.get_default("optuna_trials")):
+        parser.error("--optuna_lr/--optuna_mom/--optuna_lambd/--optuna_trials take effect only with --optuna")
+    if search.optuna_mom and search.optuna_mom[1] >= 1:
+        parser.error("--optuna_mom HIGH must be below 1")

@@ -1,44 +1,152 @@
-"""The options of one run, as a frozen dataclass that travels to every rank (only entry scripts read args)."""
+"""The options of a job, as frozen dataclasses that travel to every rank (argparse stays in the entry scripts).
+
+Each option's default and help live here once: a field with `option(...)` metadata is a command-line option
+of the scripts it names, and Utils.cli builds the parsers of FedAvg.py and AsyncFedAvg.py from these fields.
+Adding an option is one field here plus its use.
+"""
 from __future__ import annotations
 
+import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from pathlib import Path
+
+from Networks import MODEL_NAMES
+from Utils.aggregation import COMPENSATIONS
+from Utils.datasets import DATASET_NAMES
+from Utils.partition import PARTITION_SCHEMES
+
+FEDAVG, ASYNC = "FedAvg", "AsyncFedAvg"   # the entry scripts, as RunConfig.script names them
+
+
+def option(default, help: str, *, scripts: tuple[str, ...] = (FEDAVG, ASYNC), cli_default=MISSING,
+           grid: tuple[str, ...] = (), flag: str | None = None, **add_argument):
+    """A dataclass field that is a command-line option (Utils.cli reads the metadata).
+
+    default: the field's default. help: what the option means (the parser appends the default).
+    scripts: the entry scripts that take it. cli_default: the command line's default where it differs from
+    the field's, which then holds for runs whose script has no such option. grid: the scripts that take
+    several values and run each. flag: the option's name when it is not --<field>.
+    add_argument: type, choices, nargs, metavar, action.
+    """
+    return field(default=default, metadata={"help": help, "scripts": scripts, "cli_default": cli_default,
+                                            "grid": grid, "flag": flag, "add_argument": add_argument})
+
+
+# Value types: argparse turns an ArgumentTypeError into "argument --x: <message>" and exit status 2.
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {text}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535 (0 picks a free one), got {text}")
+    return value
+
+
+def device_list(text: str) -> tuple[int, ...]:
+    try:
+        devices = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a comma list of CUDA device numbers such as 0,0,1, "
+                                         f"got {text!r}") from None
+    if any(d < 0 for d in devices):
+        raise argparse.ArgumentTypeError(f"device numbers cannot be negative, got {text!r}")
+    return devices
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    script: str                      # "FedAvg" or "AsyncFedAvg"
+    """One run of FedAvg.py or AsyncFedAvg.py; the server saves it as config.json in the run directory."""
+    script: str                      # FEDAVG or ASYNC: the entry script that started the run
     overlap: bool                    # Overlap-FedAvg's pipeline (one-version-stale) or blocking FedAvg
-    world_size: int = 5              # server + clients
-    dataset: str = "mnist"
-    model: str = "mnistnet"
-    batch_size: int = 32
-    max_epoch: int = 10              # rounds R
-    client_epoch: int = 5            # local epochs E per round
-    lr: float = 0.01
-    seed: int = 2020
-    partition: str = "noniid"
-    alpha: float = 0.5
-    data_dir: str = "./data"
-    out_dir: str | None = None
-    gpus: tuple[int, ...] | None = None
-    backend: str = "gloo"
-    master_addr: str = "localhost"
-    master_port: int = 29500
-    bandwidth: float | None = None   # Mbit/s of each client's emulated link
-    latency: float = 0.0             # ms per message on each client's emulated link
-    eval_every: int = 1
-    max_train_samples: int | None = None  # train on a seeded subset (quick trials and tests)
-    timeout: float = 1800.0          # seconds any rank waits for a peer before declaring it dead
-    threads: int = 1                 # intra-op threads per process on CPU
-    # Server update (AsyncFedAvg); FedAvg keeps these at plain averaging.
-    mom: float = 0.0
-    server_lr: float = 1.0
-    lambd: float = 0.0
-    compensation: str = "none"
-    early_stop: tuple[int, float] | None = field(default=None)  # (round, metric): stop a poor run early
+    world_size: int = option(5,
+        "processes in the job: the server plus the clients (so clients = world_size - 1)", type=int)
+    dataset: str = option("mnist",
+        "training and test data (prepare_data.py fetches it into --data_dir)", choices=DATASET_NAMES)
+    model: str = option("mnistnet",
+        "the network; it must fit the dataset (transformer for text, the others for images)", choices=MODEL_NAMES)
+    batch_size: int = option(32, "client batch size", type=positive_int)
+    max_epoch: int = option(10, "rounds R (global model versions after G_0)", type=positive_int)
+    client_epoch: int = option(5, "local epochs E per round", type=positive_int)
+    lr: float = option(0.01, "client learning rate", type=positive_float, grid=(ASYNC,))
+    seed: int = option(2020, "seeds the model, partitions and every client's RNG", type=seed_value)
+    partition: str = option("noniid",
+        "how the training set is split across clients (noniid: the official label shards)",
+        choices=PARTITION_SCHEMES)
+    alpha: float = option(0.5, "Dirichlet concentration for --partition dirichlet", type=positive_float)
+    data_dir: str = option("./data", "data root (torchvision layout; see prepare_data.py)")
+    out_dir: str | None = option(None, "run directory (default: runs/<script>-<dataset>-<model>-<time>)")
+    gpus: tuple[int, ...] | None = option(None,
+        "comma list of CUDA devices, one per rank (default: CPU); ignored when CUDA is absent", type=device_list)
+    backend: str = option("gloo",
+        "torch.distributed backend (nccl: CUDA devices only, needs --gpus)", choices=("gloo", "nccl"))
+    master_addr: str = option("localhost", "the server's address (single machine: localhost)")
+    master_port: int = option(29500, "the server's port (0: pick a free one)", type=port_number)
+    bandwidth: float | None = option(None,
+        "emulate each client's link at this many Mbit/s (default: the real network)", type=positive_float)
+    latency: float = option(0.0, "emulated link latency per message, ms", type=non_negative_float)
+    eval_every: int = option(1,
+        "evaluate the global model every N rounds and after the last (0: never, for timing runs)",
+        type=non_negative_int)
+    max_train_samples: int | None = option(None,
+        "train on a seeded random subset of this many samples (text: the first N tokens) for quick trials "
+        "(default: the whole training set)", type=positive_int)
+    timeout: float = option(1800.0, "seconds any rank waits for a peer before declaring it dead", type=positive_float)
+    threads: int = option(1, "intra-op threads per process on the CPU", type=positive_int)
+    # The server update. FedAvg has no such options and runs plain averaging (the field defaults);
+    # AsyncFedAvg's command line starts from the paper's settings (cli_default).
+    mom: float = option(0.0,
+        "server Nesterov momentum mu, below 1", type=non_negative_float, scripts=(ASYNC,), cli_default=0.9,
+        grid=(ASYNC,))
+    server_lr: float = option(1.0,
+        "server learning rate of the Nesterov step", type=positive_float, scripts=(ASYNC,), cli_default=0.4)
+    lambd: float = option(0.0,
+        "compensation strength lambda (official and dcasgd forms)", type=non_negative_float, scripts=(ASYNC,),
+        cli_default=0.04, grid=(ASYNC,))
+    compensation: str = option("none",
+        "staleness compensation C: official lambda*v*v, dcasgd lambda*v, full 1, none 0 "
+        "(constant, secant: see Utils/aggregation.py)", choices=COMPENSATIONS, scripts=(ASYNC,), cli_default="full")
+    early_stop: tuple[int, float] | None = option(None,
+        "stop a run whose accuracy at ROUND is below METRIC (perplexity: above); a search counts it as pruned "
+        "(default: never)", flag="--optuna_early_stop", nargs=2, metavar=("ROUND", "METRIC"), scripts=(ASYNC,))
+    # Not an option: the launcher sets it to when its process started (time.time() clock), so start-up and
+    # wall_s include the interpreter and the torch import; None: when the server's run started.
+    launch_time: float | None = None
 
     @property
     def num_clients(self) -> int:
@@ -58,3 +166,28 @@ class RunConfig:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How AsyncFedAvg.py runs several jobs: every combination of the grid's values, or an optuna search."""
+    # RunConfig field -> the values to run, from the options that take several (option(grid=...)).
+    grid: dict[str, tuple] = field(default_factory=dict)
+    optuna: bool = option(False,
+        "search with optuna (ranges below) instead of running the grid", scripts=(ASYNC,), action="store_true")
+    optuna_lr: tuple[float, float] | None = option(None,
+        "search the client learning rate between LOW and HIGH, log scale (default: keep --lr)",
+        type=positive_float, nargs=2, metavar=("LOW", "HIGH"), scripts=(ASYNC,))
+    optuna_mom: tuple[float, float] | None = option(None,
+        "search the server momentum between LOW and HIGH, HIGH below 1 (default: keep --mom)",
+        type=non_negative_float, nargs=2, metavar=("LOW", "HIGH"), scripts=(ASYNC,))
+    optuna_lambd: tuple[float, float] | None = option(None,
+        "search lambda between LOW and HIGH (default: keep --lambd)",
+        type=non_negative_float, nargs=2, metavar=("LOW", "HIGH"), scripts=(ASYNC,))
+    optuna_trials: int = option(10, "trials: the runs the search makes", type=positive_int, scripts=(ASYNC,))
+
+    @property
+    def optuna_ranges(self) -> dict[str, tuple[float, float]]:
+        """RunConfig field -> (low, high) for the parameters the search varies."""
+        ranges = {"lr": self.optuna_lr, "mom": self.optuna_mom, "lambd": self.optuna_lambd}
+        return {name: bounds for name, bounds in ranges.items() if bounds is not None}

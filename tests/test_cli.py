@@ -1,9 +1,13 @@
 """Bad command lines stop at the parser: exit status 2 and one line naming what was wrong."""
 import runpy
 import sys
+from dataclasses import asdict
 
 import pytest
 from conftest import ROOT
+
+from Utils.cli import build_parser, run_config, search_config
+from Utils.config import RunConfig, SearchConfig
 
 
 def run_entry(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -58,3 +62,74 @@ def test_help_lists_the_official_flags(capsys):
                  "--lambd", "--gpus", "--master_addr", "--master_port", "--seed", "--optuna", "--optuna_trials",
                  "--optuna_early_stop", "--bandwidth", "--latency", "--compensation", "--server_lr"):
         assert flag in out
+
+
+@pytest.mark.parametrize("script", ["FedAvg", "AsyncFedAvg"])
+def test_every_option_has_help_and_shows_one_default(script):
+    parser = build_parser(script, "")
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        flag = action.option_strings[0]
+        assert action.help and action.help.strip(), f"{flag} has no help"
+        shown = action.help.count("default")
+        assert shown <= 1, f"{flag} shows {shown} defaults: {action.help}"
+        if action.default not in (None, False):   # None and flags: the help says what absence means, if anything
+            assert shown == 1, f"{flag} does not show its default {action.default}: {action.help}"
+    assert "(default: None)" not in parser.format_help()
+
+
+FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, dataset="mnist", model="mnistnet",
+                       batch_size=32, max_epoch=10, client_epoch=5, lr=0.01, seed=2020, partition="noniid",
+                       alpha=0.5, data_dir="./data", out_dir=None, gpus=None, backend="gloo",
+                       master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, eval_every=1,
+                       max_train_samples=None, timeout=1800.0, threads=1, mom=0.0, server_lr=1.0, lambd=0.0,
+                       compensation="none", early_stop=None, launch_time=None)
+ASYNC_DEFAULTS = {**FEDAVG_DEFAULTS, "script": "AsyncFedAvg", "overlap": True, "mom": 0.9, "server_lr": 0.4,
+                  "lambd": 0.04, "compensation": "full"}
+
+
+def test_the_scripts_resolve_the_same_defaults_as_before():
+    fedavg = build_parser("FedAvg", "")
+    assert asdict(run_config(fedavg, fedavg.parse_args([]))) == FEDAVG_DEFAULTS
+    overlap = build_parser("AsyncFedAvg", "")
+    args = overlap.parse_args([])
+    assert asdict(run_config(overlap, args)) == ASYNC_DEFAULTS
+    assert search_config(overlap, args) == SearchConfig(grid={"lr": (0.01,), "mom": (0.9,), "lambd": (0.04,)},
+                                                        optuna=False, optuna_lr=None, optuna_mom=None,
+                                                        optuna_lambd=None, optuna_trials=10)
+
+
+def test_grid_and_search_options_build_the_configs():
+    parser = build_parser("AsyncFedAvg", "")
+    args = parser.parse_args(["--lr", "0.02", "0.05", "--mom", "0.5", "--gpus", "0,1", "--optuna",
+                              "--optuna_lambd", "0.01", "0.1", "--optuna_early_stop", "2", "0.5"])
+    cfg, search = run_config(parser, args), search_config(parser, args)
+    assert (cfg.lr, cfg.mom, cfg.gpus, cfg.early_stop) == (0.02, 0.5, (0, 1), (2, 0.5))
+    assert search.grid == {"lr": (0.02, 0.05), "mom": (0.5,), "lambd": (0.04,)}
+    assert search.optuna and search.optuna_ranges == {"lambd": (0.01, 0.1)}
+
+
+@pytest.mark.parametrize("script", ["FedAvg.py", "AsyncFedAvg.py"])
+def test_help_explains_launching_across_machines(script, capsys):
+    status, out, _ = run_entry([script, "--help"], capsys)
+    assert status == 0
+    assert (f"torchrun --nnodes 2 --nproc_per_node 3 --node_rank 0 --master_addr HOST --master_port 29500 "
+            f"{script} ...") in out
+    assert f"RANK=r WORLD_SIZE=N MASTER_ADDR=HOST MASTER_PORT=29500 python {script}" in out
+    assert "one process per rank" in out and "WORLD_SIZE then overrides --world_size" in out
+
+
+@pytest.mark.parametrize(("rank", "said"), [(0, True), (2, False)])
+def test_the_world_size_override_is_said_by_rank_0_only(rank, said, monkeypatch, caplog, tmp_path):
+    import Characters.launch as launch
+    started = []
+    monkeypatch.setattr(launch, "run_rank", lambda rank, cfg, rendezvous_from_env: started.append(cfg))
+    monkeypatch.setattr(launch, "ensure_dataset", lambda *args: None)   # no data needed to start a rank here
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    cfg = RunConfig(script="FedAvg", overlap=False, world_size=5, out_dir=str(tmp_path))
+    with caplog.at_level("INFO", logger=launch.log.name):
+        launch._run_one_rank(cfg, rank, 3)
+    assert ("overrides --world_size 5" in caplog.text) == said
+    assert started[0].world_size == 3 and started[0].launch_time is not None   # the launch time travels in cfg
