@@ -126,6 +126,7 @@ def test_the_world_size_override_is_said_by_rank_0_only(rank, said, monkeypatch,
     started = []
     monkeypatch.setattr(launch, "run_rank", lambda rank, cfg, rendezvous_from_env: started.append(cfg))
     monkeypatch.setattr(launch, "ensure_dataset", lambda *args: None)   # no data needed to start a rank here
+    monkeypatch.setattr(launch, "setup_logging", lambda *args: None)   # keep caplog's handler in place
     monkeypatch.setenv("MASTER_ADDR", "localhost")
     monkeypatch.setenv("MASTER_PORT", "29500")
     cfg = RunConfig(script="FedAvg", overlap=False, world_size=5, out_dir=str(tmp_path))
