@@ -132,7 +132,10 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     summaries = mp.get_context("spawn").SimpleQueue()
     context = mp.start_processes(_spawned_rank, args=(cfg, summaries), nprocs=cfg.world_size,
                                  join=False, start_method="spawn")
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    # A shell starts a background job with SIGINT ignored, and Python then keeps it ignored: say explicitly
+    # that Ctrl-C (or kill -INT) stops the job.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while not context.join(timeout=1.0):
             pass
@@ -148,7 +151,8 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
         _terminate(context.processes)
         return EXIT_INTERRUPTED, None
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
     return 0, summaries.get() if not summaries.empty() else None
 
 

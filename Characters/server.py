@@ -16,10 +16,10 @@ import torch
 from tqdm import tqdm
 
 from Utils import transport
-from Utils.aggregation import ServerUpdate, StreamingMoments, client_weights
+from Utils.aggregation import ADAPTIVE_COMPENSATIONS, ServerUpdate, StreamingMoments, client_weights
 from Utils.config import RunConfig
 from Utils.datasets import ImageData
-from Utils.flat import flatten_model, load_flat_into_model, model_size
+from Utils.flat import buffer_size, flatten_model, load_flat_into_model, model_size
 from Utils.run_log import MetricsWriter, higher_is_better
 from Utils.text import TextData
 from Utils.training import evaluate
@@ -71,7 +71,8 @@ class _Server:
         self.clients = list(range(1, cfg.world_size))
         self.model_numel = model_size(model)
         self.update = ServerUpdate(flatten_model(model), stale=cfg.overlap, momentum=cfg.mom,
-                                   server_lr=cfg.server_lr, compensation=cfg.compensation, lambd=cfg.lambd)
+                                   server_lr=cfg.server_lr, compensation=cfg.compensation, lambd=cfg.lambd,
+                                   comp_coef=cfg.comp_coef, num_buffers=buffer_size(model))
         self.upload = torch.empty(transport.upload_size(self.model_numel))
         self.best_metric: float | None = None
         self.last_sent = 0.0
@@ -125,7 +126,9 @@ class _Server:
                "train_loss": _mean([r.train_loss for r in reports], self.weights) if reports else math.nan,
                "train_s": _mean([r.train_s for r in reports]) if reports else math.nan,
                "bytes_up": len(reports) * self.upload.numel() * self.upload.element_size(),
-               "bytes_down": bytes_down}
+               "bytes_down": bytes_down,
+               # the scalar C of the compensation (adaptive forms: this update's estimate); FedAvg has none
+               "comp_coef": self.update.last_comp_coef if self.cfg.overlap and reports else None}
         self.last_sent = now
         return row
 
@@ -161,9 +164,10 @@ class _Server:
         self.writer.write(row)
         metric = self.metric
         shown = f"{metric} {row[metric]:.4f} test_loss {row['test_loss']:.4f} | " if metric in row else ""
-        log.info("round %d/%d | %strain_loss %.4f | round %.2fs train %.2fs comm %.2fs waited %.2fs",
+        adaptive = f" | C {row['comp_coef']:.3f}" if self.cfg.compensation in ADAPTIVE_COMPENSATIONS else ""
+        log.info("round %d/%d | %strain_loss %.4f | round %.2fs train %.2fs comm %.2fs waited %.2fs%s",
                  row["round"], self.cfg.max_epoch, shown, row["train_loss"], row["round_s"], row["train_s"],
-                 row.get("comm_s", math.nan), row.get("comm_wait_s", math.nan))
+                 row.get("comm_s", math.nan), row.get("comm_wait_s", math.nan), adaptive)
 
 
 def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Module,

@@ -6,7 +6,7 @@ Bad values stop at the parser with a one-line message and exit status 2 (parser.
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, Field, fields
+from dataclasses import Field, fields
 
 from Networks import check_model_fits
 from Utils.config import ASYNC, RunConfig, SearchConfig
@@ -56,7 +56,7 @@ def _argument(option: Field, script: str) -> tuple[str, dict]:
     """The flag and add_argument settings of one option: its help shows exactly one default (none when the
     default is None or the option is a flag)."""
     meta = option.metadata
-    default = option.default if meta["cli_default"] is MISSING else meta["cli_default"]
+    default = meta["cli_default"].get(script, option.default)
     settings, help_text = dict(meta["add_argument"]), meta["help"]
     if script in meta["grid"]:
         settings["nargs"], default = "+", [default]
@@ -106,7 +106,8 @@ def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--model {args.model} with --dataset {args.dataset}: {error}")
     if args.backend == "nccl" and args.gpus is None:
         parser.error("--backend nccl needs --gpus (one CUDA device per rank)")
-    if any(value >= 1 for value in vars(args).get("mom", ())):
+    moms = args.mom if isinstance(args.mom, list) else [args.mom]   # AsyncFedAvg takes a grid of them
+    if any(value >= 1 for value in moms):
         parser.error("--mom must be below 1 (a momentum of 1 or more diverges)")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import MISSING, asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from Networks import MODEL_NAMES
@@ -20,17 +20,18 @@ from Utils.partition import PARTITION_SCHEMES
 FEDAVG, ASYNC = "FedAvg", "AsyncFedAvg"   # the entry scripts, as RunConfig.script names them
 
 
-def option(default, help: str, *, scripts: tuple[str, ...] = (FEDAVG, ASYNC), cli_default=MISSING,
-           grid: tuple[str, ...] = (), flag: str | None = None, **add_argument):
+def option(default, help: str, *, scripts: tuple[str, ...] = (FEDAVG, ASYNC),
+           cli_default: dict[str, object] | None = None, grid: tuple[str, ...] = (), flag: str | None = None,
+           **add_argument):
     """A dataclass field that is a command-line option (Utils.cli reads the metadata).
 
     default: the field's default. help: what the option means (the parser appends the default).
-    scripts: the entry scripts that take it. cli_default: the command line's default where it differs from
-    the field's, which then holds for runs whose script has no such option. grid: the scripts that take
-    several values and run each. flag: the option's name when it is not --<field>.
+    scripts: the entry scripts that take it. cli_default: {script: default} where a script's command line
+    starts from another value than the field's (which holds for the other scripts and programmatic use).
+    grid: the scripts that take several values and run each. flag: the option's name when not --<field>.
     add_argument: type, choices, nargs, metavar, action.
     """
-    return field(default=default, metadata={"help": help, "scripts": scripts, "cli_default": cli_default,
+    return field(default=default, metadata={"help": help, "scripts": scripts, "cli_default": cli_default or {},
                                             "grid": grid, "flag": flag, "add_argument": add_argument})
 
 
@@ -68,6 +69,13 @@ def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
@@ -128,19 +136,23 @@ class RunConfig:
         "(default: the whole training set)", type=positive_int)
     timeout: float = option(1800.0, "seconds any rank waits for a peer before declaring it dead", type=positive_float)
     threads: int = option(1, "intra-op threads per process on the CPU", type=positive_int)
-    # The server update. FedAvg has no such options and runs plain averaging (the field defaults);
-    # AsyncFedAvg's command line starts from the paper's settings (cli_default).
+    # The server update. The field defaults are plain averaging (FedAvg; with --mom or --server_lr FedAvg.py
+    # runs FedAvgM with the same server step as Overlap); AsyncFedAvg's command line starts from its own.
     mom: float = option(0.0,
-        "server Nesterov momentum mu, below 1", type=non_negative_float, scripts=(ASYNC,), cli_default=0.9,
+        "server Nesterov momentum mu, below 1", type=non_negative_float, cli_default={ASYNC: 0.9},
         grid=(ASYNC,))
     server_lr: float = option(1.0,
-        "server learning rate of the Nesterov step", type=positive_float, scripts=(ASYNC,), cli_default=0.4)
+        "server learning rate of the Nesterov step", type=positive_float, cli_default={ASYNC: 0.4})
     lambd: float = option(0.0,
         "compensation strength lambda (official and dcasgd forms)", type=non_negative_float, scripts=(ASYNC,),
-        cli_default=0.04, grid=(ASYNC,))
+        cli_default={ASYNC: 0.04}, grid=(ASYNC,))
     compensation: str = option("none",
-        "staleness compensation C: official lambda*v*v, dcasgd lambda*v, full 1, none 0 "
-        "(constant, secant: see Utils/aggregation.py)", choices=COMPENSATIONS, scripts=(ASYNC,), cli_default="full")
+        "staleness compensation C of g_c = g + C (w - prev): official lambda*v*v, dcasgd lambda*v, full 1, "
+        "none 0, constant --comp_coef, secant: estimated every update from the last two, starting at "
+        "--comp_coef", choices=COMPENSATIONS, scripts=(ASYNC,), cli_default={ASYNC: "full"})
+    comp_coef: float = option(0.5,
+        "the compensation coefficient C in [0, 1] of --compensation constant, and the secant estimate's "
+        "value until it has two different starts to compare", type=unit_interval, scripts=(ASYNC,))
     early_stop: tuple[int, float] | None = option(None,
         "stop a run whose accuracy at ROUND is below METRIC (perplexity: above); a search counts it as pruned "
         "(default: never)", flag="--optuna_early_stop", nargs=2, metavar=("ROUND", "METRIC"), scripts=(ASYNC,))

@@ -1,16 +1,7 @@
 """AsyncFedAvg.py end to end: the one-version-stale pipeline, determinism on any network, grid, optuna."""
 import numpy as np
 import pytest
-import torch
-from helpers_e2e import QUICK_MNIST, TIMING_COLUMNS, job_env, read_config, read_metrics, run_job
-
-from Networks import build_model
-from Utils.aggregation import ServerUpdate, client_weights
-from Utils.config import RunConfig
-from Utils.datasets import load_dataset
-from Utils.flat import flatten_model, load_flat_into_model
-from Utils.partition import client_shards, limit_training_set
-from Utils.training import LocalTrainer, evaluate
+from helpers_e2e import QUICK_MNIST, TIMING_COLUMNS, job_env, read_config, read_metrics, replay_schedule, run_job
 
 pytestmark = pytest.mark.slow
 SERVER = ("--compensation", "full", "--mom", "0.5", "--server_lr", "0.3")
@@ -29,33 +20,6 @@ def overlap_run(mnist_root, tmp_path_factory):
     return out_dir
 
 
-def simulate_overlap(mnist_root, rounds: int) -> list[float]:
-    """The DESIGN §3 pipeline in one process, written out round by round: round r trains from G_{r-1}
-    (round 0 and 1 from G_0), the server applies the stale update with the same settings."""
-    torch.set_num_threads(1)
-    cfg = RunConfig(script="AsyncFedAvg", overlap=True, world_size=3, dataset="mnist", model="mlp",
-                    client_epoch=1, max_epoch=rounds, max_train_samples=6000, data_dir=str(mnist_root),
-                    compensation="full", mom=0.5, server_lr=0.3)
-    data = limit_training_set(load_dataset("mnist", mnist_root), cfg.max_train_samples, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = build_model("mlp", 10)
-    shards = client_shards(data, cfg.num_clients, cfg.partition, cfg.seed)
-    trainers = [LocalTrainer(build_model("mlp", 10), data, shard, batch_size=32, lr=0.01, epochs=1,
-                             seed=cfg.seed, rank=k + 1) for k, shard in enumerate(shards)]
-    update = ServerUpdate(flatten_model(model), stale=True, momentum=0.5, server_lr=0.3, compensation="full")
-    weights = client_weights([len(s) for s in shards])
-    versions, accuracy = [update.current.clone()], []
-    for r in range(rounds):
-        start = versions[max(r - 1, 0)]
-        moments = update.new_round()
-        for trainer, weight in zip(trainers, weights, strict=True):
-            moments.add(trainer.train_round(start, r)[0], weight)
-        versions.append(update.apply(moments).clone())
-        load_flat_into_model(update.current, model)
-        accuracy.append(evaluate(model, data)["accuracy"])
-    return accuracy
-
-
 def test_overlap_learns_and_matches_the_pipeline_written_out(overlap_run, mnist_root):
     rows = read_metrics(overlap_run)
     accuracy = [float(r["accuracy"]) for r in rows]
@@ -64,7 +28,20 @@ def test_overlap_learns_and_matches_the_pipeline_written_out(overlap_run, mnist_
     config = read_config(overlap_run)
     assert config["overlap"] is True and config["compensation"] == "full" and config["mom"] == 0.5
     # The distributed run trains exactly the one-version-stale schedule, bit for bit.
-    assert [f"{a:.6g}" for a in simulate_overlap(mnist_root, 3)] == [r["accuracy"] for r in rows]
+    replayed = replay_schedule(mnist_root, 3, overlap=True, momentum=0.5, server_lr=0.3, compensation="full")
+    assert [f"{a:.6g}" for a in replayed] == [r["accuracy"] for r in rows]
+
+
+def test_the_secant_coefficient_is_estimated_and_logged_every_round(mnist_root, tmp_path):
+    done = run_job("AsyncFedAvg.py", *QUICK_MNIST, "--max_epoch", "3", "--compensation", "secant", "--comp_coef",
+                   "0.3", "--mom", "0", "--server_lr", "1", out_dir=tmp_path / "secant", data_dir=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_metrics(tmp_path / "secant")
+    coefs = [float(r["comp_coef"]) for r in rows]
+    assert coefs[:2] == [0.3, 0.3] and 0.0 <= coefs[2] <= 1.0 and coefs[2] != 0.3, coefs   # prior, then estimate
+    assert "| C " in done.stderr
+    replayed = replay_schedule(mnist_root, 3, overlap=True, compensation="secant", comp_coef=0.3)
+    assert [f"{a:.6g}" for a in replayed] == [r["accuracy"] for r in rows]
 
 
 def test_identical_metrics_on_a_slow_emulated_link(overlap_run, mnist_root, tmp_path):

@@ -43,6 +43,8 @@ CASES = [
     (["AsyncFedAvg.py", "--optuna"], "--optuna needs a search range"),
     (["AsyncFedAvg.py", "--optuna_lr", "0.01", "0.1"], "take effect only with --optuna"),
     (["FedAvg.py", "--seed", "-1"], "must be between 0 and 2**32 - 1"),
+    (["FedAvg.py", "--mom", "1"], "--mom must be below 1"),
+    (["AsyncFedAvg.py", "--comp_coef", "1.5"], "must be between 0 and 1"),
     (["AsyncFedAvg.py", "--max_epoch", "3", "--optuna_early_stop", "5", "0.9"], "between 1 and --max_epoch 3"),
 ]
 
@@ -84,7 +86,7 @@ FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, dataset="mn
                        alpha=0.5, data_dir="./data", out_dir=None, gpus=None, backend="gloo",
                        master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, eval_every=1,
                        max_train_samples=None, timeout=1800.0, threads=1, mom=0.0, server_lr=1.0, lambd=0.0,
-                       compensation="none", early_stop=None, launch_time=None)
+                       compensation="none", comp_coef=0.5, early_stop=None, launch_time=None)
 ASYNC_DEFAULTS = {**FEDAVG_DEFAULTS, "script": "AsyncFedAvg", "overlap": True, "mom": 0.9, "server_lr": 0.4,
                   "lambd": 0.04, "compensation": "full"}
 
@@ -98,6 +100,13 @@ def test_the_scripts_resolve_the_same_defaults_as_before():
     assert search_config(overlap, args) == SearchConfig(grid={"lr": (0.01,), "mom": (0.9,), "lambd": (0.04,)},
                                                         optuna=False, optuna_lr=None, optuna_mom=None,
                                                         optuna_lambd=None, optuna_trials=10)
+
+
+def test_fedavg_takes_the_server_step_of_overlap():
+    """FedAvgM: FedAvg.py with the same Nesterov server step, so a comparison isolates the overlap."""
+    parser = build_parser("FedAvg", "")
+    cfg = run_config(parser, parser.parse_args(["--mom", "0.9", "--server_lr", "0.4"]))
+    assert (cfg.overlap, cfg.mom, cfg.server_lr, cfg.compensation) == (False, 0.9, 0.4, "none")
 
 
 def test_grid_and_search_options_build_the_configs():

@@ -3,14 +3,14 @@ import math
 
 import pytest
 import torch
-from helpers_e2e import QUICK_MNIST, TIMING_COLUMNS, job_env, read_config, read_metrics, run_job
+from helpers_e2e import QUICK_MNIST, TIMING_COLUMNS, job_env, read_config, read_metrics, replay_schedule, run_job
 
 from Networks import build_model
 
 pytestmark = pytest.mark.slow
 
 EXPECTED_COLUMNS = ["round", "accuracy", "test_loss", "train_loss", "round_s", "train_s", "comm_wait_s",
-                    "comm_s", "bytes_up", "bytes_down", "wall_s"]
+                    "comm_s", "bytes_up", "bytes_down", "wall_s", "comp_coef"]
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,19 @@ def mnist_run(mnist_root, tmp_path_factory):
     done = run_job("FedAvg.py", *QUICK_MNIST, "--max_epoch", "3", out_dir=out_dir, data_dir=mnist_root)
     assert done.returncode == 0, done.stderr[-3000:]
     return out_dir, done
+
+
+def test_fedavg_and_fedavgm_match_the_schedule_written_out(mnist_run, mnist_root, tmp_path):
+    """Every round trains from the latest global model; FedAvgM adds the server's Nesterov step."""
+    out_dir, _ = mnist_run
+    plain = replay_schedule(mnist_root, 3, overlap=False)
+    assert [f"{a:.6g}" for a in plain] == [r["accuracy"] for r in read_metrics(out_dir)]
+    done = run_job("FedAvg.py", *QUICK_MNIST, "--max_epoch", "3", "--mom", "0.5", "--server_lr", "0.7",
+                   out_dir=tmp_path / "fedavgm", data_dir=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    momentum = replay_schedule(mnist_root, 3, overlap=False, momentum=0.5, server_lr=0.7)
+    assert [f"{a:.6g}" for a in momentum] == [r["accuracy"] for r in read_metrics(tmp_path / "fedavgm")]
+    assert momentum != plain
 
 
 def test_mnist_learns_and_writes_the_run_directory(mnist_run):
