@@ -31,13 +31,13 @@ import argparse
 import math
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from jobs import (  # noqa: E402
     JobResult,
+    Link,
     add_job_options,
     logged_startup_s,
     report_and_exit,
@@ -51,19 +51,6 @@ NUM_CLIENTS = 4
 
 
 # ---------------------------------------------------------------------------------------------- jobs
-
-@dataclass(frozen=True)
-class Link:
-    bandwidth_mbit: float
-    latency_ms: float
-
-    def options(self) -> list[str]:
-        return ["--bandwidth", f"{self.bandwidth_mbit:.6g}", "--latency", f"{self.latency_ms:g}"]
-
-    def exchange_s(self, upload_bytes: float, download_bytes: float) -> float:
-        """One upload + one download on this link: the transport's latency + 8 * bytes / bandwidth, twice."""
-        return 2 * self.latency_ms / 1000 + 8 * (upload_bytes + download_bytes) / (self.bandwidth_mbit * 1e6)
-
 
 def training_on_link_s(fedavg: JobResult, link: Link, message_bytes: tuple[float, float]) -> float:
     """One round's training in a FedAvg job on `link`: its mean round time less the link's upload + download."""

@@ -37,6 +37,19 @@ class JobResult:
     elapsed_s: float    # the whole subprocess, interpreter start to exit
 
 
+@dataclass(frozen=True)
+class Link:
+    bandwidth_mbit: float
+    latency_ms: float
+
+    def options(self) -> list[str]:
+        return ["--bandwidth", f"{self.bandwidth_mbit:.6g}", "--latency", f"{self.latency_ms:g}"]
+
+    def exchange_s(self, upload_bytes: float, download_bytes: float) -> float:
+        """One upload + one download on this link: the transport's latency + 8 * bytes / bandwidth, twice."""
+        return 2 * self.latency_ms / 1000 + 8 * (upload_bytes + download_bytes) / (self.bandwidth_mbit * 1e6)
+
+
 def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) -> JobResult:
     """Run one FedAvg.py / AsyncFedAvg.py job to completion; exit the benchmark if it fails."""
     command = [sys.executable, script, *options, "--master_port", "0", "--out_dir", str(out_dir)]
