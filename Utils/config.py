@@ -136,20 +136,18 @@ class RunConfig:
         "(default: the whole training set)", type=positive_int)
     timeout: float = option(1800.0, "seconds any rank waits for a peer before declaring it dead", type=positive_float)
     threads: int = option(1, "intra-op threads per process on the CPU", type=positive_int)
-    # The server update. The field defaults are plain averaging (FedAvg; with --mom or --server_lr FedAvg.py
-    # runs FedAvgM with the same server step as Overlap); AsyncFedAvg's command line starts from its own.
-    mom: float = option(0.0,
-        "server Nesterov momentum mu, below 1", type=non_negative_float, cli_default={ASYNC: 0.9},
-        grid=(ASYNC,))
-    server_lr: float = option(1.0,
-        "server learning rate of the Nesterov step", type=positive_float, cli_default={ASYNC: 0.4})
+    # The server update. The defaults are a plain step (mu 0, server_lr 1): FedAvg's average, and for
+    # AsyncFedAvg the secant compensation, chosen by time to target accuracy (docs/defaults.md). With --mom
+    # or --server_lr, FedAvg.py runs FedAvgM with the same server step as Overlap.
+    mom: float = option(0.0, "server Nesterov momentum mu, below 1", type=non_negative_float, grid=(ASYNC,))
+    server_lr: float = option(1.0, "server learning rate of the Nesterov step", type=positive_float)
     lambd: float = option(0.0,
         "compensation strength lambda (official and dcasgd forms)", type=non_negative_float, scripts=(ASYNC,),
         cli_default={ASYNC: 0.04}, grid=(ASYNC,))
     compensation: str = option("none",
         "staleness compensation C of g_c = g + C (w - prev): official lambda*v*v, dcasgd lambda*v, full 1, "
         "none 0, constant --comp_coef, secant: estimated every update from the last two, starting at "
-        "--comp_coef", choices=COMPENSATIONS, scripts=(ASYNC,), cli_default={ASYNC: "full"})
+        "--comp_coef", choices=COMPENSATIONS, scripts=(ASYNC,), cli_default={ASYNC: "secant"})
     comp_coef: float = option(0.5,
         "the compensation coefficient C in [0, 1] of --compensation constant, and the secant estimate's "
         "value until it has two different starts to compare", type=unit_interval, scripts=(ASYNC,))

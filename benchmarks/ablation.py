@@ -121,7 +121,8 @@ def table(setting_name: str, seed: int, curves: dict[str, list[float]]) -> str:
 
 
 def ranking(all_curves: dict[tuple[str, int], dict[str, list[float]]]) -> str:
-    """Overlap cells ranked by the geometric mean of their time ratios over every (setting, seed, target)."""
+    """Overlap cells ranked by the geometric mean of their time ratios over every (setting, seed, target),
+    then by final accuracy, then by stability (the issue's order)."""
     scores = []
     for cell, (script, _) in CELLS.items():
         if script != "AsyncFedAvg.py":
@@ -138,11 +139,14 @@ def ranking(all_curves: dict[tuple[str, int], dict[str, list[float]]]) -> str:
             geo = math.exp(statistics.fmean(math.log(r) for r in ratios))
         else:
             geo = math.inf
-        scores.append((worst_drop < -MAX_DROP, geo, -statistics.fmean(finals), cell, max(ratios), worst_drop))
+        scores.append((geo, -statistics.fmean(finals), worst_drop < -MAX_DROP, cell,
+                       max(ratios) if ratios else math.nan, worst_drop))
     lines = ["| rank | cell | time / FedAvg (geometric mean) | worst | final - FedAvg's (mean, points) | "
              "worst drop (points) |", "|---|---|---|---|---|---|"]
-    for rank, (unstable, geo, neg_final, cell, worst, drop) in enumerate(sorted(scores), 1):
-        lines.append(f"| {rank} | {cell} | {geo:.3f} | {worst:.2f} | {-100 * neg_final:+.2f} | "
+    for rank, (geo, neg_final, unstable, cell, worst, drop) in enumerate(sorted(scores), 1):
+        mean_shown = "misses a target" if math.isinf(geo) else f"{geo:.3f}"
+        worst_shown = "-" if math.isinf(worst) else f"{worst:.2f}"
+        lines.append(f"| {rank} | {cell} | {mean_shown} | {worst_shown} | {-100 * neg_final:+.2f} | "
                      f"{100 * drop:+.2f}{' ↓' if unstable else ''} |")
     return "\n".join(lines)
 

@@ -9,9 +9,9 @@ comes from real FedAvg.py / AsyncFedAvg.py jobs (4 non-IID clients, seed 2020), 
 - link: a pilot FedAvg job without a link (--eval_every 0) measures one round's training T (mean round_s,
   rounds 2..R); the link is then set so that one upload + one download take comm_over_train x T, for each
   value of --regimes: 1 (communication as long as training, the regime the method is for) and 0.2.
-- algorithms on that link: FedAvg; FedAvgM (FedAvg.py with Overlap's --mom and --server_lr, so the
-  comparison isolates the overlap from the server optimizer); Overlap-FedAvg with AsyncFedAvg.py's
-  defaults (or --overlap_options).
+- algorithms on that link: FedAvg; FedAvgM (FedAvg.py --mom 0.9 --server_lr 0.4: the Nesterov server step
+  Overlap-FedAvg can use, as a reference for a server optimizer without the overlap); Overlap-FedAvg with
+  AsyncFedAvg.py's defaults (or --overlap_options), whose server step (mu 0, server_lr 1) is FedAvg's.
 - time to target: wall_s of the first round whose accuracy reaches the target, less the start-up
   (launch to G_0 sent), so that it counts only training and communication. The server evaluates after
   sending each model, so on 2 cores its evaluation still competes with the clients for the cores.
@@ -31,17 +31,12 @@ import argparse
 import math
 import shlex
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from jobs import JobResult, Link, logged_startup_s, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
-
-from Utils.config import ASYNC, RunConfig  # noqa: E402
-
-# AsyncFedAvg.py's command-line defaults, which FedAvgM shares unless told otherwise
-ASYNC_DEFAULTS = {f.name: f.metadata["cli_default"].get(ASYNC, f.default) for f in fields(RunConfig) if f.metadata}
 
 NUM_CLIENTS = 4
 
@@ -157,10 +152,8 @@ def main() -> None:
     add("--latency", type=float, default=10.0, help="link latency per message, ms")
     add("--pilot_rounds", type=int, default=3)
     add("--overlap_options", default="", help="extra AsyncFedAvg.py options, e.g. '--compensation secant'")
-    add("--fedavgm_mom", type=float, default=ASYNC_DEFAULTS["mom"], help="FedAvgM's server momentum "
-        "(default: AsyncFedAvg's)")
-    add("--fedavgm_server_lr", type=float, default=ASYNC_DEFAULTS["server_lr"], help="FedAvgM's server lr "
-        "(default: AsyncFedAvg's)")
+    add("--fedavgm_mom", type=float, default=0.9, help="FedAvgM's server momentum")
+    add("--fedavgm_server_lr", type=float, default=0.4, help="FedAvgM's server lr")
     add("--max_time_ratio", type=float, default=0.7, help="target: Overlap's time / FedAvg's")
     add("--max_drop", type=float, default=0.02, help="target: largest round-to-round accuracy drop")
     add("--max_final_gap", type=float, default=0.005, help="target: Overlap may end this far below FedAvg")

@@ -87,8 +87,8 @@ FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, dataset="mn
                        master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, eval_every=1,
                        max_train_samples=None, timeout=1800.0, threads=1, mom=0.0, server_lr=1.0, lambd=0.0,
                        compensation="none", comp_coef=0.5, early_stop=None, launch_time=None)
-ASYNC_DEFAULTS = {**FEDAVG_DEFAULTS, "script": "AsyncFedAvg", "overlap": True, "mom": 0.9, "server_lr": 0.4,
-                  "lambd": 0.04, "compensation": "full"}
+ASYNC_DEFAULTS = {**FEDAVG_DEFAULTS, "script": "AsyncFedAvg", "overlap": True, "lambd": 0.04,
+                  "compensation": "secant"}
 
 
 def test_the_scripts_resolve_the_same_defaults_as_before():
@@ -97,7 +97,7 @@ def test_the_scripts_resolve_the_same_defaults_as_before():
     overlap = build_parser("AsyncFedAvg", "")
     args = overlap.parse_args([])
     assert asdict(run_config(overlap, args)) == ASYNC_DEFAULTS
-    assert search_config(overlap, args) == SearchConfig(grid={"lr": (0.01,), "mom": (0.9,), "lambd": (0.04,)},
+    assert search_config(overlap, args) == SearchConfig(grid={"lr": (0.01,), "mom": (0.0,), "lambd": (0.04,)},
                                                         optuna=False, optuna_lr=None, optuna_mom=None,
                                                         optuna_lambd=None, optuna_trials=10)
 
