@@ -16,9 +16,7 @@ their --out_dir). 4 clients, MNIST, MLP, non-IID, seed 2020; AsyncFedAvg.py with
 - accuracy: 10 rounds of 5 local epochs, evaluated every round. Overlap-FedAvg's final accuracy must be
   within 0.5 points of FedAvg's or better, and no Overlap round may fall more than 2 points below the
   round before it.
-- time_to_accuracy: wall-clock seconds (metrics wall_s) for each to first reach 95 % on the link. It
-  reuses the accuracy runs, which then run on the link (the schedule is fixed, so the link changes only
-  timing, never the accuracy): cheaper than two more jobs.
+- time to a target accuracy: benchmarks/bench_time_to_accuracy.py.
 
     python benchmarks/bench_overlap.py --data_dir ./data
     python benchmarks/bench_overlap.py --data_dir ./data --only overlap --bandwidth 10 --latency 10
@@ -39,14 +37,13 @@ from jobs import (  # noqa: E402
     JobResult,
     Link,
     add_job_options,
-    logged_startup_s,
     report_and_exit,
     run_job,
     steady_mean,
     work_directory,
 )
 
-SECTIONS = ("overlap", "accuracy", "time_to_accuracy")
+SECTIONS = ("overlap", "accuracy")
 NUM_CLIENTS = 4
 
 
@@ -58,13 +55,12 @@ def training_on_link_s(fedavg: JobResult, link: Link, message_bytes: tuple[float
 
 
 class Bench:
-    """The shared job settings, the link once it is known, and the accuracy runs once they have run."""
+    """The shared job settings and the link once it is known."""
 
     def __init__(self, args, work: Path):
         self.args, self.work = args, work
         self.link: Link | None = None
         self.message_bytes = (math.nan, math.nan)             # one upload, one download
-        self.accuracy_runs: dict[str, JobResult] | None = None
         self.verdicts: list[tuple[str, bool | None]] = []
 
     def options(self, rounds: int, epochs: int, *, evaluate: bool, link: Link | None) -> list[str]:
@@ -123,15 +119,6 @@ class Bench:
               f"{self.link.exchange_s(*self.message_bytes):.3f} s")
         return self.link
 
-    def get_accuracy_runs(self) -> dict[str, JobResult]:
-        """The 10 x 5-epoch pair; on the link when time to accuracy is wanted (accuracy does not change)."""
-        if self.accuracy_runs is None:
-            args = self.args
-            link = self.ensure_link() if "time_to_accuracy" in args.only else None
-            self.accuracy_runs = self.pair("accuracy", args.accuracy_rounds, args.accuracy_epochs,
-                                           evaluate=True, link=link)
-        return self.accuracy_runs
-
 
 # ------------------------------------------------------------------------------------------ sections
 
@@ -166,7 +153,7 @@ def section_overlap(bench: Bench) -> None:
 
 def section_accuracy(bench: Bench) -> None:
     args = bench.args
-    runs = bench.get_accuracy_runs()
+    runs = bench.pair("accuracy", args.accuracy_rounds, args.accuracy_epochs, evaluate=True, link=None)
     curves = {name: [row["accuracy"] for row in job.rows] for name, job in runs.items()}
     print(f"\n## Accuracy: {args.accuracy_rounds} rounds x {args.accuracy_epochs} local epochs, evaluated every round")
     print("| round | FedAvg | Overlap-FedAvg |\n|---|---|---|")
@@ -179,24 +166,6 @@ def section_accuracy(bench: Bench) -> None:
                            final_gap >= -args.max_final_gap))
     bench.verdicts.append((f"Overlap's largest drop from one round to the next {100 * worst_drop:.2f} points <= "
                            f"{100 * args.max_drop:g}", worst_drop <= args.max_drop))
-
-
-def section_time_to_accuracy(bench: Bench) -> None:
-    args = bench.args
-    runs = bench.get_accuracy_runs()
-    link = bench.link
-    print(f"\n## Time to {100 * args.target_accuracy:g} % accuracy on the link ({link.bandwidth_mbit:.3f} Mbit/s, "
-          f"{link.latency_ms:g} ms): the accuracy runs, wall_s since launch")
-    print("| algorithm | first round >= target | wall_s | wall_s - start-up | start-up s |\n|---|---|---|---|---|")
-    for name, job in runs.items():
-        startup = logged_startup_s(job.log)
-        reached = next((row for row in job.rows if row["accuracy"] >= args.target_accuracy), None)
-        if reached is None:
-            print(f"| {name} | not reached in {len(job.rows)} rounds | - | - | {startup:.1f} |")
-        else:
-            print(f"| {name} | {reached['round']:.0f} | {reached['wall_s']:.1f} | {reached['wall_s'] - startup:.1f} "
-                  f"| {startup:.1f} |")
-    bench.verdicts.append(("time to accuracy reported (no target)", None))
 
 
 def main() -> None:
@@ -217,14 +186,12 @@ def main() -> None:
     add("--accuracy_epochs", type=int, default=5)
     add("--max_final_gap", type=float, default=0.005, help="target: Overlap may end this far below FedAvg")
     add("--max_drop", type=float, default=0.02, help="target: largest round-to-round accuracy drop")
-    add("--target_accuracy", type=float, default=0.95, help="time-to-accuracy threshold")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
 
     with work_directory(args, prefix="bench-overlap-") as work:
         bench = Bench(args, work)
-        sections = {"overlap": section_overlap, "accuracy": section_accuracy,
-                    "time_to_accuracy": section_time_to_accuracy}
+        sections = {"overlap": section_overlap, "accuracy": section_accuracy}
         for name, section in sections.items():
             if name in args.only:
                 section(bench)
