@@ -14,7 +14,7 @@ from Utils import transport
 from Utils.config import RunConfig
 from Utils.datasets import load_dataset, unverified_note
 from Utils.flat import model_size
-from Utils.partition import client_shards, limit_training_set, shard_size
+from Utils.partition import client_shards, limit_test_set, limit_training_set, shard_size
 from Utils.run_log import setup_logging
 from Utils.text import TextData
 from Utils.training import LocalTrainer
@@ -60,9 +60,11 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
             if note:
                 log.info("%s", note)
             log.info("%s", describe_model(model))
-            return run_server(cfg, data, model, [shard_size(s) for s in shards])
+            return run_server(cfg, limit_test_set(data, cfg.test_samples, cfg.seed), model,
+                              [shard_size(s) for s in shards])
         trainer = LocalTrainer(model, data, shards[rank - 1], batch_size=cfg.batch_size, lr=cfg.lr,
                                epochs=cfg.client_epoch, seed=cfg.seed, rank=rank)
+        del data, shards   # a client keeps only its own shard (the trainer's copy), not the whole set
         run_client(cfg, rank, trainer, model_size(model))
         return None
     except Exception as error:

@@ -1,4 +1,4 @@
-"""The server (rank 0): receive uploads, update the global model, send it, evaluate, log.
+"""The server (rank 0): receive uploads, update the global model, send it, log; evaluation runs beside.
 
 One loop serves FedAvg and Overlap-FedAvg; the difference lives in Utils.aggregation.ServerUpdate
 (staleness, compensation, momentum) and in the clients' pipeline. Uploads are received in fixed client
@@ -10,51 +10,44 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from Characters.evaluation import BackgroundEvaluator
 from Utils import transport
 from Utils.aggregation import ADAPTIVE_COMPENSATIONS, ServerUpdate, StreamingMoments, client_weights
 from Utils.config import RunConfig
 from Utils.datasets import ImageData
 from Utils.flat import buffer_size, flatten_model, load_flat_into_model, model_size
+from Utils.memory import reset_peak_resident, resident_mb
 from Utils.run_log import MetricsWriter, higher_is_better
 from Utils.text import TextData
-from Utils.training import evaluate
 from Utils.transport import RoundReport
 
 log = logging.getLogger(__name__)
+
 
 def job_start_time(cfg: RunConfig) -> float:
     """When the job was launched (set by the launcher), else when this process started its run."""
     return cfg.launch_time if cfg.launch_time is not None else time.time()
 
 
-def reset_peak_resident() -> None:
-    """Restart the VmHWM high-water mark (Linux), so the reported peak covers the rounds, not data loading."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def resident_mb(field: str = "VmHWM") -> float:
-    """This process's peak (VmHWM) or current (VmRSS) resident set size in MB; NaN where /proc is absent."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return math.nan
-
-
 def _mean(values: list[float], weights: list[float] | None = None) -> float:
     if weights is None:
         weights = [1.0 / len(values)] * len(values)
     return float(sum(w * v for w, v in zip(weights, values, strict=True)))
+
+
+@dataclass
+class _Unwritten:
+    """A round's metrics row until it is complete."""
+    row: dict
+    evaluated: bool                  # G_r is being evaluated; its test metrics are not in the row yet
+    reports: list[RoundReport] | None = None
+    reports_in: bool = False         # the communication figures came (with the next round's uploads)
 
 
 class _Server:
@@ -74,32 +67,43 @@ class _Server:
                                    server_lr=cfg.server_lr, compensation=cfg.compensation, lambd=cfg.lambd,
                                    comp_coef=cfg.comp_coef, num_buffers=buffer_size(model))
         self.upload = torch.empty(transport.upload_size(self.model_numel))
-        self.best_metric: float | None = None
         self.last_sent = 0.0
+        evaluates = cfg.eval_every > 0 or cfg.early_stop is not None
+        self.evaluator = BackgroundEvaluator(model, data, self.metric, self.out_dir / "best_model.pt",
+                                             cfg.timeout) if evaluates else None
 
     def run(self) -> dict:
         cfg = self.cfg
         self.broadcast(stop=False)   # G_0
         log.info("start-up %.1f s (launch to G_0 sent)", time.time() - self.launched)
-        pending_row, stop_next, stopping = None, False, False
+        unwritten: list[_Unwritten] = []   # rows waiting for their communication figures or their evaluation
+        stopping = False
         progress = tqdm(total=cfg.max_epoch, desc="rounds", unit="round", disable=None, leave=False)
         for round_index in range(1, cfg.max_epoch + 1):
             moments, reports = self.receive()
-            if pending_row is not None:   # these uploads carry the communication figures of the last round
-                self.write_row(pending_row, reports)
+            if unwritten:   # these uploads carry the communication figures of the last round
+                unwritten[-1].reports, unwritten[-1].reports_in = reports, True
             self.update.apply(moments)
-            stopping = stop_next
+            # Decided on G_{r-1}, announced with G_r: the clients are already training the next round.
+            stopping = self.early_stop_decided(round_index - 1, unwritten)
             row = self.broadcast(stop=stopping, round_index=round_index, reports=reports)
-            if self.evaluation_due(round_index, stopping):
-                self.evaluate_and_keep_best(row)
-            pending_row = row
+            evaluated = self.evaluation_due(round_index, stopping)
+            if evaluated:
+                self.evaluator.submit(round_index, self.update.current)
+            unwritten.append(_Unwritten(row, evaluated))
+            self.write_finished(unwritten)
             progress.update(1)
             if stopping:
                 break
-            # Decided on G_r, announced with G_{r+1}: the clients are already training the next round.
-            stop_next = _should_stop_early(cfg, round_index, row, self.writer)
         progress.close()
-        self.write_row(pending_row, None if stopping else self.receive_final_reports())
+        unwritten[-1].reports = None if stopping else self.receive_final_reports()
+        unwritten[-1].reports_in = True
+        rounds_done = time.time()
+        self.write_finished(unwritten, wait=True)
+        if self.evaluator is not None:
+            self.evaluator.close()
+            if time.time() - rounds_done > 1.0:
+                log.info("evaluation finished %.1f s after the last round", time.time() - rounds_done)
         self.writer.close()
         load_flat_into_model(self.update.current, self.model)
         torch.save(self.model.state_dict(), self.out_dir / "final_model.pt")
@@ -137,15 +141,34 @@ class _Server:
         every = cfg.eval_every > 0 and (round_index % cfg.eval_every == 0 or round_index == cfg.max_epoch)
         return every or stopping or (cfg.early_stop is not None and round_index == cfg.early_stop[0])
 
-    def evaluate_and_keep_best(self, row: dict) -> None:
-        """Test metrics of the current global model into `row`; best_model.pt when it is the best so far."""
-        load_flat_into_model(self.update.current, self.model)
-        row.update(evaluate(self.model, self.data))
-        value = row[self.metric]
-        if self.best_metric is None or (value > self.best_metric if higher_is_better(self.metric)
-                                        else value < self.best_metric):
-            self.best_metric = value
-            torch.save(self.model.state_dict(), self.out_dir / "best_model.pt")
+    def early_stop_decided(self, round_index: int, unwritten: list[_Unwritten]) -> bool:
+        """--optuna_early_stop ROUND METRIC: True when G_ROUND's metric is worse than METRIC (waits for it)."""
+        cfg = self.cfg
+        if cfg.early_stop is None or round_index != cfg.early_stop[0]:
+            return False
+        entry = next(e for e in unwritten if e.row["round"] == round_index)   # not written: reports just came
+        self.take_metrics(entry, wait=True)
+        value, limit = entry.row.get(self.metric), cfg.early_stop[1]
+        if value is None:
+            return False
+        return value < limit if higher_is_better(self.metric) else value > limit
+
+    def take_metrics(self, entry: _Unwritten, wait: bool) -> bool:
+        """Move G_r's test metrics into its row once evaluated; False while the evaluator is still at it."""
+        if entry.evaluated:
+            metrics = self.evaluator.result(entry.row["round"], wait=wait)
+            if metrics is None:
+                return False
+            entry.row.update(metrics)
+            entry.evaluated = False
+        return True
+
+    def write_finished(self, unwritten: list[_Unwritten], wait: bool = False) -> None:
+        """Write, in round order, the rows that have their communication figures and test metrics
+        (wait=True: wait for the evaluations still running)."""
+        while unwritten and unwritten[0].reports_in and self.take_metrics(unwritten[0], wait):
+            entry = unwritten.pop(0)
+            self.write_row(entry.row, entry.reports)
 
     def receive_final_reports(self) -> list[RoundReport]:
         """After the final download each client reports its last communication job."""
@@ -179,17 +202,6 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
     log.info("server resident memory %.1f MB after loading (peak %.1f MB)", resident_mb("VmRSS"), resident_mb())
     reset_peak_resident()
     return server.run()
-
-
-def _should_stop_early(cfg: RunConfig, round_index: int, row: dict, writer: MetricsWriter) -> bool:
-    """--optuna_early_stop ROUND METRIC: stop a run whose metric at ROUND is worse than METRIC."""
-    if cfg.early_stop is None or round_index != cfg.early_stop[0]:
-        return False
-    value = row.get(writer.metric)
-    if value is None:
-        return False
-    limit = cfg.early_stop[1]
-    return value < limit if higher_is_better(writer.metric) else value > limit
 
 
 def _summary(cfg: RunConfig, writer: MetricsWriter, metric: str, wall_s: float, stopped: bool) -> dict:

@@ -134,6 +134,9 @@ class RunConfig:
     max_train_samples: int | None = option(None,
         "train on a seeded random subset of this many samples (text: the first N tokens) for quick trials "
         "(default: the whole training set)", type=positive_int)
+    test_samples: int | None = option(None,
+        "evaluate on a fixed subset of this many test samples (text: a span of N tokens), drawn once with "
+        "--seed, for quick runs (default: the whole test set)", type=positive_int)
     timeout: float = option(1800.0, "seconds any rank waits for a peer before declaring it dead", type=positive_float)
     threads: int = option(1, "intra-op threads per process on the CPU", type=positive_int)
     # The server update. The defaults are a plain step (mu 0, server_lr 1): FedAvg's average, and for

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
-from Utils.text import TextData, load_text_corpus
+from Utils.text import EOS, TextData, load_text_corpus
 
 SPLITS = ("train", "test")
 
@@ -93,13 +93,17 @@ DATASET_NAMES = IMAGE_DATASETS + TEXT_DATASETS
 
 @dataclass(frozen=True, eq=False)   # eq=False: tensors do not compare with ==
 class ImageData:
+    """A split's pixels stay uint8 as stored (memory-mapped from the cache: a rank reads only the rows it
+    uses); normalise() turns the rows a client or the evaluator takes into float32."""
     name: str
-    train_images: Tensor   # float32 (N, C, H, W), normalised per channel, contiguous
+    train_images: Tensor   # uint8 (N, C, H, W)
     train_labels: Tensor   # int64 (N,)
     test_images: Tensor
     test_labels: Tensor
     num_classes: int
     augment: bool          # True for cifar10/cifar100: training batches go through augment_batch
+    mean: tuple[float, ...]   # per-channel statistics of the training pixels in [0, 1]
+    std: tuple[float, ...]
 
     @property
     def in_channels(self) -> int:
@@ -108,6 +112,13 @@ class ImageData:
     @property
     def image_size(self) -> int:
         return self.train_images.shape[-1]
+
+    def normalise(self, images: Tensor) -> Tensor:
+        """uint8 pixels -> float32 (x / 255 - mean) / std per channel, as x * scale + shift, on images' device."""
+        mean = torch.tensor(self.mean, dtype=torch.float64).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float64).view(1, -1, 1, 1)
+        scale, shift = (1 / (255 * std)).float(), (-mean / std).float()
+        return images.to(torch.float32).mul_(scale.to(images.device)).add_(shift.to(images.device)).contiguous()
 
 
 def check_dataset_name(name: str) -> None:
@@ -132,7 +143,9 @@ def prepare_hint(name: str) -> str:
 
 
 def load_dataset(name: str, data_dir: str | Path = "./data") -> ImageData | TextData:
-    """Load a prepared dataset into memory (Utils/prepare.py prepares it; the launchers call it first).
+    """Load a prepared dataset: text into memory, images memory-mapped as uint8 (see ImageData).
+
+    Utils/prepare.py prepares it; the launchers call it first.
 
     Raises ValueError for an unknown name, DatasetUnavailableError when it is not prepared,
     DatasetCorruptError for a broken file.
@@ -146,10 +159,41 @@ def load_dataset(name: str, data_dir: str | Path = "./data") -> ImageData | Text
         return load_text_corpus(paths, name)
     spec = IMAGE_SPECS[name]
     _require_files(name, root, [cache_path(name, root, split) for split in SPLITS])
+    # mmap: nothing is read until indexed, so each rank's memory holds only the rows it takes
     (train_images, train_labels), (test_images, test_labels) = (
-        (entry["images"], entry["labels"]) for entry in (read_cache(name, root, split) for split in SPLITS))
-    return ImageData(name, _normalise(train_images, spec), train_labels, _normalise(test_images, spec),
-                     test_labels, spec.num_classes, spec.augment)
+        (entry["images"], entry["labels"]) for entry in (read_cache(name, root, split, mmap=True)
+                                                         for split in SPLITS))
+    return ImageData(name, train_images, train_labels, test_images, test_labels, spec.num_classes,
+                     spec.augment, spec.mean, spec.std)
+
+
+@dataclass(frozen=True)
+class DatasetSize:
+    """A prepared dataset's sizes, read without loading it: what a job's memory estimate needs."""
+    train: int              # samples (text: tokens)
+    test: int
+    num_classes: int        # text: the vocabulary size
+    sample_numel: int       # numbers per sample (text: 1)
+
+
+def dataset_size(name: str, data_dir: str | Path) -> DatasetSize:
+    """Sizes of a prepared dataset: image caches are memory-mapped (headers only), text files are split on
+    whitespace (the vocabulary as load_text_corpus builds it, without the token lists)."""
+    check_dataset_name(name)
+    root = Path(data_dir)
+    if name in TEXT_SPECS:
+        spec = TEXT_SPECS[name]
+        counts, vocab = [], {EOS}
+        for file in spec.files:
+            text = (root / spec.folder / file).read_text(encoding="utf8")
+            words = text.split()
+            counts.append(len(words) + text.count("\n"))   # each line ends with <eos>
+            vocab.update(words)
+        return DatasetSize(counts[0], counts[2], len(vocab), 1)
+    spec = IMAGE_SPECS[name]
+    train, test = (len(read_cache(name, root, split, mmap=True)["labels"]) for split in SPLITS)
+    channels, height, width = spec.shape
+    return DatasetSize(train, test, spec.num_classes, channels * height * width)
 
 
 def unverified_note(name: str, data_dir: str | Path) -> str | None:
@@ -207,14 +251,6 @@ def read_cache(name: str, root: Path, split: str, mmap: bool = False) -> dict:
     if problem:
         raise DatasetCorruptError(f"{path}: {problem}; {fix}")
     return entry
-
-
-def _normalise(images: Tensor, spec: ImageSpec) -> Tensor:
-    """uint8 pixels -> float32 (x / 255 - mean) / std per channel, as x * scale + shift (two passes)."""
-    mean = torch.tensor(spec.mean, dtype=torch.float64).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float64).view(1, -1, 1, 1)
-    scale, shift = (1 / (255 * std)).float(), (-mean / std).float()
-    return images.to(torch.float32).mul_(scale).add_(shift).contiguous()
 
 
 def augment_batch(images: Tensor, generator: torch.Generator, *, padding: int = 4,

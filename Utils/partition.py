@@ -199,7 +199,7 @@ def partition_tokens(
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-# ------------------------------------------------------------------ shards of a loaded training set
+# ------------------------------------------------------------------ subsets and shards of a loaded dataset
 
 def limit_training_set(data, max_samples: int | None, seed: int):
     """Keep a seeded random subset of max_samples training samples (tokens: a leading slice), for quick runs."""
@@ -212,6 +212,22 @@ def limit_training_set(data, max_samples: int | None, seed: int):
     keep = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:max_samples]
     keep = keep.sort().values
     return replace(data, train_images=data.train_images[keep], train_labels=data.train_labels[keep])
+
+
+def limit_test_set(data, max_samples: int | None, seed: int):
+    """Evaluate on a seeded random subset of max_samples test samples (tokens: a seeded contiguous span)."""
+    if max_samples is None:
+        return data
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(data, TextData):
+        if max_samples >= len(data.test_tokens):
+            return data
+        start = int(torch.randint(0, len(data.test_tokens) - max_samples + 1, (), generator=generator))
+        return replace(data, test_tokens=data.test_tokens[start:start + max_samples])
+    if max_samples >= len(data.test_labels):
+        return data
+    keep = torch.randperm(len(data.test_labels), generator=generator)[:max_samples].sort().values
+    return replace(data, test_images=data.test_images[keep], test_labels=data.test_labels[keep])
 
 
 def client_shards(data, num_clients: int, scheme: str, seed: int, alpha: float = 0.5) -> list:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 # Columns other tools read by name (DESIGN §5); the metric column is accuracy or perplexity.
 METRIC_COLUMNS = ("round", "{metric}", "test_loss", "train_loss", "round_s", "train_s", "comm_wait_s",
-                  "comm_s", "bytes_up", "bytes_down", "wall_s", "comp_coef")
+                  "comm_s", "bytes_up", "bytes_down", "wall_s", "comp_coef", "eval_s")
 
 
 class _BarSafeHandler(logging.StreamHandler):

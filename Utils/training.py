@@ -31,7 +31,8 @@ class LocalTrainer:
     def __init__(self, model: nn.Module, data: ImageData | TextData, shard, *, batch_size: int, lr: float,
                  epochs: int, seed: int, rank: int):
         self.model = model
-        self.data = data
+        self.text = isinstance(data, TextData)
+        self.augment = not self.text and data.augment
         self.batch_size = batch_size
         self.epochs = epochs
         self.seed = seed
@@ -45,8 +46,9 @@ class LocalTrainer:
             self.num_samples = stop - start
         else:
             index = torch.as_tensor(np.asarray(shard), dtype=torch.long)
-            # One gather up front: every batch then indexes a small contiguous tensor.
-            self.images = data.train_images[index].to(self.device)
+            # One gather and normalisation up front: every batch then indexes a small contiguous tensor,
+            # and the rank keeps no reference to the rest of the training set.
+            self.images = data.normalise(data.train_images[index].to(self.device))
             self.labels = data.train_labels[index].to(self.device)
             self.num_samples = len(index)
 
@@ -58,14 +60,13 @@ class LocalTrainer:
         for epoch in range(self.epochs):
             generator = torch.Generator().manual_seed(derived_seed(self.seed, self.rank, round_index, epoch))
             torch.manual_seed(derived_seed(self.seed, self.rank, round_index, epoch, 1))  # dropout
-            batches = self._text_batches(generator) if isinstance(self.data, TextData) \
-                else self._image_batches(generator)
+            batches = self._text_batches(generator) if self.text else self._image_batches(generator)
             for inputs, targets in batches:
                 self.optimizer.zero_grad(set_to_none=True)
                 output = self.model(inputs)
                 loss = self.loss_fn(output.reshape(-1, output.shape[-1]), targets)
                 loss.backward()
-                if isinstance(self.data, TextData):
+                if self.text:
                     nn.utils.clip_grad_norm_(self.model.parameters(), TEXT_GRAD_CLIP)
                 self.optimizer.step()
                 total_loss += loss.detach()   # no .item(): no per-batch sync on an accelerator
@@ -77,7 +78,7 @@ class LocalTrainer:
         for begin in range(0, self.num_samples, self.batch_size):
             batch = order[begin:begin + self.batch_size]
             images = self.images[batch]
-            if self.data.augment:
+            if self.augment:
                 images = augment_batch(images, generator)
             yield images, self.labels[batch]
 
@@ -106,7 +107,7 @@ def evaluate(model: nn.Module, data: ImageData | TextData) -> dict[str, float]:
         return {"perplexity": math.exp(min(mean_loss, 700.0)), "test_loss": mean_loss}
     total_loss, correct, count = 0.0, 0, len(data.test_labels)
     for begin in range(0, count, IMAGE_EVAL_BATCH):
-        images = data.test_images[begin:begin + IMAGE_EVAL_BATCH].to(device)
+        images = data.normalise(data.test_images[begin:begin + IMAGE_EVAL_BATCH].to(device))
         labels = data.test_labels[begin:begin + IMAGE_EVAL_BATCH].to(device)
         logits = model(images)
         total_loss += loss_fn(logits, labels).item()

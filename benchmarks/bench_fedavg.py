@@ -1,4 +1,4 @@
-"""FedAvg.py end to end: accuracy, the cost of the FL machinery over bare training, and start-up time.
+"""FedAvg.py end to end: accuracy, and the cost of the FL machinery over bare training.
 
 Every figure comes from real FedAvg.py jobs (subprocesses; metrics.csv and train.log of their --out_dir):
 
@@ -8,8 +8,8 @@ Every figure comes from real FedAvg.py jobs (subprocesses; metrics.csv and train
   2..R) must be at most 1.05x the time the same 4 shards take as 4 bare training loops in 4 concurrent
   processes (one thread each, plain SGD over shuffled batches of in-memory tensors, no communication),
   each round started together by a barrier and timed by its slowest process. Bare and FL runs alternate.
-- start-up: launch to G_0 sent (the server's "start-up X s" line) and mean round time for world sizes 5
-  and 9 (1 local epoch per round, no evaluation). Reported, no target.
+
+Start-up and shutdown: bench_startup.py.
 
     python benchmarks/bench_fedavg.py --data_dir ./data
     python benchmarks/bench_fedavg.py --data_dir ./data --only overhead --overhead_repeats 3
@@ -31,13 +31,13 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from jobs import add_job_options, logged_startup_s, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
+from jobs import add_job_options, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
 
 from Networks import build_model  # noqa: E402
 from Utils.datasets import load_dataset  # noqa: E402
 from Utils.partition import limit_training_set, partition_samples  # noqa: E402
 
-SECTIONS = ("accuracy", "overhead", "startup")
+SECTIONS = ("accuracy", "overhead")
 SEED, LR, BATCH_SIZE, PARTITION = 2020, 0.01, 32, "noniid"
 
 
@@ -68,7 +68,7 @@ def bare_client(index: int, num_clients: int, rounds: int, epochs: int, data_dir
     torch.set_num_threads(1)
     data = limit_training_set(load_dataset("mnist", data_dir), max_train_samples, SEED)
     shard = torch.as_tensor(partition_samples(data.train_labels, num_clients, PARTITION, SEED)[index])
-    images, labels = data.train_images[shard].contiguous(), data.train_labels[shard].contiguous()
+    images, labels = data.normalise(data.train_images[shard]), data.train_labels[shard].contiguous()
     torch.manual_seed(SEED)
     model = build_model("mlp", data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
@@ -151,22 +151,6 @@ def section_overhead(args, work: Path, verdicts: list) -> None:
     verdicts.append((f"FedAvg round / bare round {ratio:.3f} <= {args.max_overhead}", ratio <= args.max_overhead))
 
 
-def section_startup(args, work: Path, verdicts: list) -> None:
-    results = []
-    for world_size in args.world_sizes:
-        options = mnist_mlp_options(args, world_size, args.startup_rounds, 1, evaluate=False)
-        job = run_job("FedAvg.py", options, work / f"startup-ws{world_size}", args.job_timeout)
-        results.append((world_size, logged_startup_s(job.log), job.rows[0]["round_s"],
-                        steady_mean(job.rows, "round_s"), job.elapsed_s))
-    print(f"\n## Start-up and round time: FedAvg, MNIST MLP, 1 local epoch x {args.startup_rounds} rounds, "
-          "--eval_every 0 (no target)")
-    print("| world size | clients | start-up s (launch to G_0 sent) | round 1 s | mean round s (2..R) | "
-          "whole process s |\n|---|---|---|---|---|---|")
-    for world_size, startup, first, mean, elapsed in results:
-        print(f"| {world_size} | {world_size - 1} | {startup:.1f} | {first:.2f} | {mean:.2f} | {elapsed:.1f} |")
-    verdicts.append(("start-up and round times reported (no target)", None))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_job_options(parser, SECTIONS)
@@ -177,14 +161,12 @@ def main() -> None:
     add("--overhead_rounds", type=int, default=6)
     add("--overhead_repeats", type=int, default=2, help="bare/FL pairs, run alternately")
     add("--max_overhead", type=float, default=1.05, help="target: FL round / bare round")
-    add("--world_sizes", type=int, nargs="+", default=[5, 9], help="start-up section")
-    add("--startup_rounds", type=int, default=4)
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
 
     verdicts: list[tuple[str, bool | None]] = []
     with work_directory(args, prefix="bench-fedavg-") as work:
-        sections = {"accuracy": section_accuracy, "overhead": section_overhead, "startup": section_startup}
+        sections = {"accuracy": section_accuracy, "overhead": section_overhead}
         for name, section in sections.items():
             if name in args.only:
                 section(args, work, verdicts)

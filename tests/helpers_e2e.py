@@ -23,7 +23,7 @@ from Utils.training import LocalTrainer, evaluate
 # A small MNIST job: 3 processes (server + 2 clients), a 6,000-sample subset, few rounds.
 QUICK_MNIST = ("--dataset", "mnist", "--model", "mlp", "--world_size", "3", "--max_train_samples", "6000",
                "--client_epoch", "1", "--master_port", "0", "--timeout", "60")
-TIMING_COLUMNS = {"round_s", "train_s", "comm_wait_s", "comm_s", "wall_s"}
+TIMING_COLUMNS = {"round_s", "train_s", "comm_wait_s", "comm_s", "wall_s", "eval_s"}
 
 
 def job_env(**extra: str) -> dict:

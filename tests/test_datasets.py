@@ -157,13 +157,15 @@ def test_real_image_dataset_shapes_classes_and_normalisation(real_root, name, su
     data = real(real_root, name, subdir)
     assert isinstance(data, ImageData) and data.name == name and data.num_classes == classes
     assert data.train_images.shape == (train, *shape) and data.test_images.shape == (test, *shape)
-    assert data.train_images.dtype == torch.float32 and data.train_images.is_contiguous()
+    assert data.train_images.dtype == torch.uint8   # as stored: memory-mapped, normalised when taken
     assert data.train_labels.dtype == torch.int64 and data.train_labels.shape == (train,)
     assert (data.in_channels, data.image_size) == shape[:2]
     assert data.augment == name.startswith("cifar")
     for labels in (data.train_labels, data.test_labels):
         assert torch.bincount(labels, minlength=classes).min() > 0 and labels.max() == classes - 1
-    per_channel = data.train_images.transpose(0, 1).reshape(shape[0], -1)
+    normalised = data.normalise(data.train_images)
+    assert normalised.dtype == torch.float32 and normalised.is_contiguous()
+    per_channel = normalised.transpose(0, 1).reshape(shape[0], -1)
     assert per_channel.mean(dim=1).abs().max() < 0.01
     assert (per_channel.std(dim=1) - 1).abs().max() < std_tol
     cache = torch.load(real_root / {"mnist": "MNIST", "fmnist": "FashionMNIST", "cifar10": "cifar-10-batches-py"}[name]
@@ -207,7 +209,7 @@ def test_emnist_balanced_from_torchvision_raw_layout_is_upright(tmp_path):
     assert data.num_classes == 47 and data.train_images.shape == (47 * 6, 1, 28, 28) and not data.augment
     assert data.test_images.shape == (47 * 2, 1, 28, 28)
     assert torch.equal(data.train_labels, torch.arange(47 * 6) % 47)
-    pixels = torch.round((data.train_images * 0.3332 + 0.1751) * 255).to(torch.uint8)
+    pixels = torch.round((data.normalise(data.train_images) * 0.3332 + 0.1751) * 255).to(torch.uint8)
     assert torch.equal(pixels[:, 0], torch.from_numpy(upright["train"]))   # row 3 bright: upright again
     cache = torch.load(tmp_path / "EMNIST" / "cache-balanced-train.pt", weights_only=True)
     assert cache["source"] == "torchvision" and cache["verified"] is False   # no torchvision zip to check
@@ -225,7 +227,7 @@ def test_cifar_pickled_batches_load_with_the_right_pixels(tmp_path, name, folder
                  "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}[name]
     normalised = (torch.from_numpy(expected_pixels) / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
         / torch.tensor(std).view(1, 3, 1, 1)
-    torch.testing.assert_close(data.train_images, normalised, rtol=0, atol=1e-5)
+    torch.testing.assert_close(data.normalise(data.train_images), normalised, rtol=0, atol=1e-5)
     assert data.train_labels.tolist() == expected_labels and data.augment
     assert data.num_classes == (100 if name == "cifar100" else 10)
     assert len(data.test_labels) == len(contents["test" if name == "cifar100" else "test_batch"][1])

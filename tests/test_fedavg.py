@@ -10,7 +10,7 @@ from Networks import build_model
 pytestmark = pytest.mark.slow
 
 EXPECTED_COLUMNS = ["round", "accuracy", "test_loss", "train_loss", "round_s", "train_s", "comm_wait_s",
-                    "comm_s", "bytes_up", "bytes_down", "wall_s", "comp_coef"]
+                    "comm_s", "bytes_up", "bytes_down", "wall_s", "comp_coef", "eval_s"]
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,19 @@ def test_runs_as_separate_processes_started_through_the_environment(mnist_root, 
     rows = read_metrics(out_dir)
     assert len(rows) == 2 and float(rows[-1]["accuracy"]) > 0.7
     assert "[rank 1]" in outputs[1][1] or outputs[1][1] == ""
+
+
+def test_a_seeded_test_subset_is_what_the_server_evaluates(mnist_root, tmp_path):
+    """--test_samples: every round's metrics are those of the saved model on the seeded subset."""
+    from Utils.datasets import load_dataset
+    from Utils.partition import limit_test_set
+    from Utils.training import evaluate
+    done = run_job("FedAvg.py", *QUICK_MNIST, "--max_epoch", "2", "--test_samples", "700",
+                   out_dir=tmp_path / "run", data_dir=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_metrics(tmp_path / "run")
+    assert all(abs(float(r["accuracy"]) * 700 - round(float(r["accuracy"]) * 700)) < 1e-3 for r in rows)
+    model = build_model("mlp", 10)
+    model.load_state_dict(torch.load(tmp_path / "run" / "final_model.pt", weights_only=True))
+    subset = limit_test_set(load_dataset("mnist", mnist_root), 700, 2020)
+    assert f"{evaluate(model, subset)['accuracy']:.6g}" == rows[-1]["accuracy"]

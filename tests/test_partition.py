@@ -231,3 +231,49 @@ def test_describe_partition():
     assert describe_partition([np.array([3])]) == "rank 1: 1 samples"
     assert describe_partition([(0, 10), (10, 25)]).splitlines() == [
         "rank 1: 10 tokens [0, 10)", "rank 2: 15 tokens [10, 25)"]
+
+
+# --- subsets of a loaded dataset ---------------------------------------------------------------
+
+def _image_data(num_train: int, num_test: int):
+    from Utils.datasets import ImageData
+    pixels = torch.arange(num_train + num_test, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    labels = torch.arange(num_train + num_test) % 10
+    return ImageData("mnist", pixels[:num_train], labels[:num_train], pixels[num_train:], labels[num_train:],
+                     10, False, (0.5,), (0.25,))
+
+
+def test_test_subset_is_seeded_sorted_and_keeps_images_with_labels():
+    from Utils.partition import limit_test_set
+    data = _image_data(20, 100)
+    subset = limit_test_set(data, 30, seed=7)
+    again, other = limit_test_set(data, 30, seed=7), limit_test_set(data, 30, seed=8)
+    assert subset.test_images.shape == (30, 1, 2, 2) and torch.equal(subset.test_labels, again.test_labels)
+    assert not torch.equal(subset.test_images, other.test_images)
+    kept = subset.test_images[:, 0, 0, 0].long() - 20   # each image's index in the test set
+    assert torch.equal(kept, kept.sort().values) and len(kept.unique()) == 30
+    assert torch.equal(subset.test_labels, data.test_labels[kept])
+    assert subset.train_images is data.train_images   # training data untouched
+    assert limit_test_set(data, None, 7) is data and limit_test_set(data, 100, 7) is data
+
+
+def test_test_subset_of_text_is_a_seeded_contiguous_span():
+    from Utils.partition import limit_test_set
+    from Utils.text import TextData
+    data = TextData("ptb", torch.arange(50), torch.arange(5), torch.arange(1000), ["w"] * 1000)
+    span = limit_test_set(data, 100, seed=3).test_tokens
+    assert len(span) == 100 and torch.equal(span, torch.arange(span[0], span[0] + 100))
+    assert torch.equal(span, limit_test_set(data, 100, seed=3).test_tokens)
+    assert limit_test_set(data, 5000, 3) is data
+
+
+def test_a_trainer_holds_exactly_its_shard_normalised():
+    from Networks import build_model
+    from Utils.training import LocalTrainer
+    data = _image_data(60, 10)
+    shard = np.array([3, 17, 42, 5])
+    trainer = LocalTrainer(build_model("mlp", 10, in_channels=1, image_size=2), data, shard, batch_size=2,
+                           lr=0.1, epochs=1, seed=1, rank=1)
+    assert torch.equal(trainer.labels, data.train_labels[shard])
+    expected = (data.train_images[shard].float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(trainer.images, expected, rtol=0, atol=1e-6)

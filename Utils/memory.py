@@ -1,0 +1,81 @@
+"""Memory: what a process holds (Linux /proc), what the machine has free, and what a job will need.
+
+The estimate is a model of where a job's memory goes, calibrated on this project's measurements
+(benchmarks/bench_memory.py prints it beside the measured total):
+- torch and the project, imported once by the forkserver and shared by every rank (spawn: once per rank);
+- per rank, what the fork writes to (allocator arenas, gloo, the interpreter's own objects);
+- the training samples as float32, each in exactly one client's shard, so the total is the training set's
+  whatever the number of clients; text corpora are tokenised by every rank;
+- a few copies of the model per rank (model, gradients, flat vectors, messages), and on the server the
+  snapshots waiting for evaluation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+MB = 2**20
+SHARED_IMPORT_BYTES = 420 * MB     # torch + torch._dynamo + the project, resident after import
+RANK_PRIVATE_BYTES = 60 * MB       # what each forked rank adds on its own before any data
+MODEL_COPIES_PER_RANK = 8          # model, gradients, flat copies, upload and download buffers
+TOKEN_BYTES_WHILE_LOADING = 40     # a token while a rank tokenises: a Python int in a list, then int64
+
+
+def resident_mb(field: str = "VmHWM") -> float:
+    """This process's peak (VmHWM) or current (VmRSS) resident set size in MB; NaN where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
+def reset_peak_resident() -> None:
+    """Restart the VmHWM high-water mark (Linux), so the reported peak covers the rounds, not data loading."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), or None off Linux."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What a job's memory depends on, known before any rank starts."""
+    world_size: int
+    model_bytes: int            # one float32 copy of the model's parameters and buffers
+    train_bytes: int            # the training samples the clients hold together (float32), or 0 for text
+    test_bytes: int             # the test set as the server holds it (uint8 images, int64 tokens)
+    corpus_tokens: int = 0      # text: tokens every rank reads (train + valid + test)
+    snapshot_bytes: int = 0     # models that may wait for evaluation on the server
+    forked: bool = True         # ranks are forks of one preloaded process (CPU) rather than spawned
+
+
+def job_memory_bytes(shape: JobShape) -> int:
+    """Estimated peak resident memory of all of a job's processes together (see the module docstring)."""
+    shared = SHARED_IMPORT_BYTES * (2 if shape.forked else shape.world_size + 1)   # + the launcher's import
+    per_rank = RANK_PRIVATE_BYTES + MODEL_COPIES_PER_RANK * shape.model_bytes \
+        + shape.corpus_tokens * TOKEN_BYTES_WHILE_LOADING
+    return shared + shape.world_size * per_rank + shape.train_bytes + shape.test_bytes + shape.snapshot_bytes
+
+
+def memory_refusal(needed: int, available: int | None) -> str | None:
+    """The one-line reason to refuse a job that cannot fit the machine's available memory, else None."""
+    if available is None or needed <= available:
+        return None
+    return (f"this job needs about {needed / 2**30:.1f} GB of memory but {available / 2**30:.1f} GB are "
+            f"available; use fewer clients (--world_size), --max_train_samples, or several machines "
+            f"(docs/several-machines.md)")
