@@ -6,10 +6,13 @@ compensates the one-version staleness and applies a Nesterov step (Zhou, Qing, L
 --lr, --mom and --lambd take several values and run the grid one run after another; --optuna searches.
 Options, defaults and help: Utils/config.py (python AsyncFedAvg.py --help).
 """
-from Characters.sweep import run_grid, run_optuna
-from Utils.cli import build_parser, run_config, search_config
+from Characters.forkserver import start_forkserver
 
 if __name__ == "__main__":
+    start_forkserver()   # first: the ranks' torch import runs beside this process's own
+    from Characters.sweep import run_grid, run_optuna
+    from Utils.cli import build_parser, run_config, search_config
+
     parser = build_parser("AsyncFedAvg", "Overlap-FedAvg with a server and world_size - 1 clients.")
     args = parser.parse_args()
     cfg, search = run_config(parser, args), search_config(parser, args)

@@ -4,10 +4,13 @@
 
 Options, defaults and help: Utils/config.py (python FedAvg.py --help).
 """
-from Characters.launch import main
-from Utils.cli import build_parser, run_config
+from Characters.forkserver import start_forkserver
 
 if __name__ == "__main__":
+    start_forkserver()   # first: the ranks' torch import runs beside this process's own
+    from Characters.launch import main
+    from Utils.cli import build_parser, run_config
+
     parser = build_parser("FedAvg", "Federated Averaging (McMahan et al.) with a server and world_size - 1 clients.")
     args = parser.parse_args()
     cfg = run_config(parser, args)

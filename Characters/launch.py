@@ -15,10 +15,16 @@ from dataclasses import replace
 import torch
 import torch.multiprocessing as mp
 
+from Characters.evaluation import SNAPSHOT_BUDGET_BYTES
+from Characters.forkserver import start_forkserver
 from Characters.rank import run_rank
+from Networks import build_model
 from Utils import transport
 from Utils.config import RunConfig
 from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
+from Utils.datasets import dataset_is_text, dataset_size, image_shape
+from Utils.flat import model_size
+from Utils.memory import JobShape, available_bytes, job_memory_bytes, memory_refusal
 from Utils.prepare import ensure_dataset
 from Utils.run_log import setup_logging
 
@@ -124,14 +130,16 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     elif not transport.port_is_free("", cfg.master_port):
         raise LaunchError(f"port {cfg.master_port} is already in use on this machine; pass another "
                           f"--master_port (or 0 to pick a free one)")
+    start_method = _start_method(cfg)
     log.info("%s", device_note(cfg))
     ensure_dataset(cfg.dataset, cfg.data_dir)   # once here, not N+1 times in parallel
+    _check_memory(cfg, forked=start_method == "forkserver")
     cfg = cfg.with_run_dir()
     log.info("%s: %d processes (server + %d clients), run directory %s", cfg.script, cfg.world_size,
              cfg.num_clients, cfg.out_dir)
-    summaries = mp.get_context("spawn").SimpleQueue()
+    summaries = mp.get_context(start_method).SimpleQueue()
     context = mp.start_processes(_spawned_rank, args=(cfg, summaries), nprocs=cfg.world_size,
-                                 join=False, start_method="spawn")
+                                 join=False, start_method=start_method)
     previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
     # A shell starts a background job with SIGINT ignored, and Python then keeps it ignored: say explicitly
     # that Ctrl-C (or kill -INT) stops the job.
@@ -156,6 +164,37 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     return 0, summaries.get() if not summaries.empty() else None
 
 
+def _check_memory(cfg: RunConfig, forked: bool) -> None:
+    """Refuse, before any rank starts, a job whose estimated memory exceeds what the machine has free."""
+    size = dataset_size(cfg.dataset, cfg.data_dir)
+    text = dataset_is_text(cfg.dataset)
+    image = {} if text else {"in_channels": image_shape(cfg.dataset)[0], "image_size": image_shape(cfg.dataset)[1]}
+    with torch.device("meta"):   # parameter count only: nothing allocated
+        model_bytes = 4 * model_size(build_model(cfg.model, size.num_classes, **image))
+    train = min(size.train, cfg.max_train_samples or size.train)
+    test = min(size.test, cfg.test_samples or size.test)
+    evaluations = cfg.max_epoch if cfg.eval_every > 0 else 0
+    shape = JobShape(cfg.world_size, model_bytes, train_bytes=0 if text else train * size.sample_numel * 4,
+                     test_bytes=test * (8 if text else size.sample_numel), corpus_tokens=size.train + size.test
+                     if text else 0, snapshot_bytes=min(evaluations * model_bytes, SNAPSHOT_BUDGET_BYTES),
+                     forked=forked)
+    needed, available = job_memory_bytes(shape), available_bytes()
+    log.info("memory: about %.1f GB for the job's %d processes%s", needed / 2**30, cfg.world_size,
+             f", {available / 2**30:.1f} GB available" if available is not None else "")
+    refusal = memory_refusal(needed, available)
+    if refusal:
+        raise LaunchError(refusal)
+
+
+def _start_method(cfg: RunConfig) -> str:
+    """CPU jobs: "forkserver" (Characters/forkserver.py), every rank a fork of one process that imported
+    torch and the project once. CUDA jobs: "spawn", since CUDA cannot be used in a forked child."""
+    if cfg.gpus is not None and torch.cuda.is_available():
+        return "spawn"
+    start_forkserver()   # already running when an entry script started it
+    return "forkserver"
+
+
 def device_note(cfg: RunConfig) -> str:
     """The one line that says where the ranks compute."""
     if not torch.cuda.is_available():
@@ -177,6 +216,15 @@ def _terminate(processes, grace_s: float = 5.0) -> None:
             process.join()
 
 
+def exit_process(status: int) -> None:
+    """End the launcher once the job is over, skipping the interpreter's teardown of torch (about 1 s here):
+    the ranks have exited and every file is written, so there is nothing left to clean up."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def main(cfg: RunConfig) -> None:
     status, _ = launch(cfg)
-    sys.exit(status)
+    exit_process(status)

@@ -11,7 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from Characters.launch import launch
+from Characters.launch import exit_process, launch
 from Utils.config import RunConfig, SearchConfig
 from Utils.datasets import dataset_is_text
 from Utils.run_log import higher_is_better
@@ -30,7 +30,7 @@ def run_grid(base: RunConfig, grid: dict[str, tuple]) -> None:
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     if len(combos) == 1:
         status, _ = launch(replace(base, **combos[0]))
-        sys.exit(status)
+        exit_process(status)
     results = []
     for combo in combos:
         tag = "-".join(f"{name}{value:g}" for name, value in combo.items())
@@ -41,7 +41,7 @@ def run_grid(base: RunConfig, grid: dict[str, tuple]) -> None:
         if status == 130:   # Ctrl-C stops the whole grid
             break
     log.info("grid summary:\n%s", format_table(results))
-    sys.exit(max(status for _, status, _ in results))
+    exit_process(max(status for _, status, _ in results))
 
 
 def format_table(results: list[tuple[dict, int, dict | None]]) -> str:

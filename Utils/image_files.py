@@ -13,17 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch import Tensor
-from torchvision.datasets.mnist import read_image_file, read_label_file
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from Utils.data_errors import DatasetCorruptError
 from Utils.datasets import IMAGE_SPECS, prepare_hint
 
 
 def torchvision_class(name: str) -> type:
-    """The torchvision.datasets class that downloads `name` (looked up when called, so tests can stand in)."""
+    """The torchvision.datasets class that downloads `name` (looked up when called, so tests can stand in).
+    torchvision is imported here, not at the top, because importing it costs a job's start-up about 1 s."""
+    import torchvision.datasets
     return getattr(torchvision.datasets, IMAGE_SPECS[name].torchvision_class)
 
 
@@ -36,13 +35,12 @@ def cifar_batch_files(name: str) -> list[str]:
     return [file for file, _ in dataset_class.train_list + dataset_class.test_list]
 
 
-def _read_idx(path: Path, reader: Callable[[str], Tensor], fix: str, origin: Path | None = None) -> Tensor:
+def _read_idx(path: Path, reader: Callable[[str], Tensor], what: str, fix: str, origin: Path | None = None) -> Tensor:
     """torchvision's idx reader, whose failures on a broken file (an assert on the header, a shape that a
     truncated file cannot fill, a wrong dtype or rank) become one DatasetCorruptError naming `origin`."""
     try:
         return reader(str(path))
     except Exception as exc:   # AssertionError, KeyError, TypeError, ValueError, RuntimeError: all "broken"
-        what = "labels (1-D)" if reader is read_label_file else "images (3-D)"
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} on its header"
         raise DatasetCorruptError(f"{origin or path}: not a complete uint8 idx file of {what} ({detail}); "
                                   f"{fix}") from exc
@@ -54,8 +52,9 @@ def read_idx_split(name: str, raw: Path, split: str, fix: str | None = None,
     spec, origins = IMAGE_SPECS[name], origins or {}
     fix = fix or f"delete it and {prepare_hint(name)}"
     image_file, label_file = spec.idx_files[split]
-    images = _read_idx(raw / image_file, read_image_file, fix, origins.get(image_file))
-    labels = _read_idx(raw / label_file, read_label_file, fix, origins.get(label_file))
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+    images = _read_idx(raw / image_file, read_image_file, "images (3-D)", fix, origins.get(image_file))
+    labels = _read_idx(raw / label_file, read_label_file, "labels (1-D)", fix, origins.get(label_file))
     if spec.idx_transposed:
         images = images.transpose(1, 2)   # make every image upright
     return images.unsqueeze(1).contiguous(), labels
@@ -112,6 +111,7 @@ def read_jpeg_npz_split(path: Path) -> tuple[Tensor, Tensor]:
     if not (jpeg.dtype == np.uint8 and offsets.ndim == 1 and len(offsets) == len(labels) + 1 > 1
             and offsets[0] == 0 and offsets[-1] == len(jpeg) and np.all(np.diff(offsets) > 0)):
         raise DatasetCorruptError(f"{path}: offsets do not cut the jpeg bytes into one image per label; {fix}")
+    from torchvision.io import ImageReadMode, decode_jpeg
     data = torch.from_numpy(jpeg)
     blobs = [data[begin:end] for begin, end in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
     try:

@@ -30,7 +30,6 @@ from pathlib import Path
 import requests
 import torch
 from torch import Tensor
-from torchvision.datasets.utils import check_integrity
 from tqdm import tqdm
 
 from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
@@ -294,6 +293,7 @@ def _write_caches(name: str, root: Path, splits: Splits, provenance: str, verifi
 
 def _torchvision_checksums_ok(name: str, root: Path) -> bool:
     """Whether the files in place pass torchvision's own md5 checks (downloaded archives or batches)."""
+    from torchvision.datasets.utils import check_integrity
     spec, dataset_class = IMAGE_SPECS[name], torchvision_class(name)
     folder = root / spec.folder
     if name == "emnist":   # torchvision keeps the downloaded zip beside the extracted files
