@@ -8,12 +8,12 @@ by less than one model copy from the fewest to the most clients.
 The server restarts its high-water mark just before the first round (after loading the data set), so
 the figure is the rounds' own peak: the global model, momentum, the running sums and one upload buffer.
 The default job is the Transformer on WikiText-2 (13.8 M parameters); ResNet on CIFAR-10 (11.2 M) works
-too but holds a 0.6 GB float copy of CIFAR-10 in every rank.
+too.
 
     python benchmarks/bench_server_memory.py --data_dir ./data
     python benchmarks/bench_server_memory.py --data_dir ./data --dataset cifar10 --model resnet
 
-About 3 minutes on 2 cores; the 9-process jobs need about 9 GB of memory (14 GB for CIFAR-10).
+About 3 minutes on 2 cores.
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ comes from real FedAvg.py / AsyncFedAvg.py jobs (4 non-IID clients, seed 2020), 
   Overlap-FedAvg can use, as a reference for a server optimizer without the overlap); Overlap-FedAvg with
   AsyncFedAvg.py's defaults (or --overlap_options), whose server step (mu 0, server_lr 1) is FedAvg's.
 - time to target: wall_s of the first round whose accuracy reaches the target, less the start-up
-  (launch to G_0 sent), so that it counts only training and communication. The server evaluates after
-  sending each model, so on 2 cores its evaluation still competes with the clients for the cores.
+  (launch to G_0 sent), so that it counts only training and communication. The server evaluates on a
+  background thread at the lowest CPU priority, so evaluation takes only the cycles the clients leave.
 
 Targets (issue 9, regime 1): Overlap reaches 95 % on mnist-e1 and 97 % on mnist-e5 in at most 0.7x
 FedAvg's time; no Overlap round falls more than 2 points below the one before; Overlap's final accuracy
