@@ -7,6 +7,7 @@ depend on which client happens to finish first (same seed, same numbers, whateve
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ from Utils.config import RunConfig
 from Utils.datasets import ImageData
 from Utils.flat import buffer_size, flatten_model, load_flat_into_model, model_size
 from Utils.memory import reset_peak_resident, resident_mb
-from Utils.run_log import MetricsWriter, higher_is_better
+from Utils.run_log import SUMMARY_TARGETS, MetricsWriter, higher_is_better, summarise_rows
 from Utils.text import TextData
 from Utils.transport import RoundReport
 
@@ -75,7 +76,8 @@ class _Server:
     def run(self) -> dict:
         cfg = self.cfg
         self.broadcast(stop=False)   # G_0
-        log.info("start-up %.1f s (launch to G_0 sent)", time.time() - self.launched)
+        self.startup_s = time.time() - self.launched
+        log.info("start-up %.1f s (launch to G_0 sent)", self.startup_s)
         unwritten: list[_Unwritten] = []   # rows waiting for their communication figures or their evaluation
         stopping = False
         progress = tqdm(total=cfg.max_epoch, desc="rounds", unit="round", disable=None, leave=False)
@@ -109,8 +111,23 @@ class _Server:
         torch.save(self.model.state_dict(), self.out_dir / "final_model.pt")
         summary = _summary(cfg, self.writer, self.metric, time.time() - self.launched, stopping)
         log.info("server peak resident memory during the rounds %.1f MB", resident_mb())
+        self.write_summary_json(summary)
         log.info(summary["line"])
         return summary
+
+    def write_summary_json(self, summary: dict) -> None:
+        """summary.json: the run's figures for tools, so that none has to read train.log (docs/outputs.md)."""
+        cfg = self.cfg
+        content = {"script": cfg.script, "dataset": cfg.dataset, "model": cfg.model, "world_size": cfg.world_size,
+                   "seed": cfg.seed, "metric": self.metric, "wall_s": summary["wall_s"],
+                   "stopped_early": summary["stopped_early"],
+                   **summarise_rows(self.writer.rows, self.metric, SUMMARY_TARGETS.get(cfg.dataset, ()),
+                                    self.startup_s)}
+        content = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                   for key, value in content.items()}
+        staging = self.out_dir / "summary.json.tmp"
+        staging.write_text(json.dumps(content, indent=2) + "\n")
+        staging.replace(self.out_dir / "summary.json")   # a reader never sees half a file
 
     def receive(self) -> tuple[StreamingMoments, list[RoundReport]]:
         """Every client's upload, in fixed client order, folded into the update's running sums."""

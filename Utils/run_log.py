@@ -75,6 +75,50 @@ class MetricsWriter:
         return pick(scored, key=lambda pair: pair[0])
 
 
+# Targets whose time summary.json reports (accuracy up, perplexity down). The MNIST ones are the
+# time-to-accuracy benchmark's; the others mark early, middle and late progress of a full-data run.
+SUMMARY_TARGETS = {
+    "mnist": (0.93, 0.95, 0.97), "fmnist": (0.70, 0.80, 0.85), "emnist": (0.70, 0.80, 0.85),
+    "cifar10": (0.40, 0.50, 0.60), "cifar100": (0.20, 0.30, 0.40),
+    "wikitext2": (500.0, 300.0, 200.0), "ptb": (500.0, 300.0, 200.0),
+}
+
+
+def time_to_target_s(rows: list[dict], metric: str, target: float, startup_s: float) -> float | None:
+    """Seconds after start-up until the first row whose metric reaches `target` (wall_s - startup_s: training
+    and communication only), or None when no row does."""
+    for row in rows:
+        value = row.get(metric)
+        if _is_number(value) and (value >= target if higher_is_better(metric) else value <= target):
+            return row["wall_s"] - startup_s
+    return None
+
+
+def summarise_rows(rows: list[dict], metric: str, targets: tuple[float, ...], startup_s: float) -> dict:
+    """What summary.json holds about the rounds: metrics, mean round figures (rounds 2..R, the first being
+    warm-up; round 1 alone when that is all), bytes moved, the share of communication that training hid,
+    and the time to each target."""
+    def mean(column: str) -> float | None:
+        values = [r[column] for r in (rows[1:] or rows) if _is_number(r.get(column))]
+        return sum(values) / len(values) if values else None
+
+    scored = [(r[metric], r["round"]) for r in rows if _is_number(r.get(metric))]
+    best = (max if higher_is_better(metric) else min)(scored, key=lambda pair: pair[0]) if scored else None
+    comm = sum(r["comm_s"] for r in rows if _is_number(r.get("comm_s")))
+    waited = sum(r["comm_wait_s"] for r in rows if _is_number(r.get("comm_wait_s")))
+    return {
+        "rounds": len(rows), "final": scored[-1][0] if scored else None, "best": best[0] if best else None,
+        "best_round": best[1] if best else None, "startup_s": startup_s,
+        "rounds_wall_s": rows[-1]["wall_s"] if rows else None,
+        "mean_round_s": mean("round_s"), "mean_train_s": mean("train_s"), "mean_comm_s": mean("comm_s"),
+        "mean_comm_wait_s": mean("comm_wait_s"),
+        "hidden_comm_share": min(max(1 - waited / comm, 0.0), 1.0) if comm > 0 else None,
+        "bytes_up": sum(r.get("bytes_up") or 0 for r in rows),
+        "bytes_down": sum(r.get("bytes_down") or 0 for r in rows),
+        "time_to_target_s": {f"{t:g}": time_to_target_s(rows, metric, t, startup_s) for t in targets},
+    }
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not math.isnan(value)
 

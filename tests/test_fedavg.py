@@ -1,4 +1,5 @@
 """FedAvg.py end to end: 3-process jobs on real MNIST and a real text corpus, outputs, determinism."""
+import json
 import math
 
 import pytest
@@ -59,6 +60,14 @@ def test_mnist_learns_and_writes_the_run_directory(mnist_run):
     model = build_model("mlp", 10)
     for checkpoint in ("final_model.pt", "best_model.pt"):   # both load into a freshly built model
         model.load_state_dict(torch.load(out_dir / checkpoint, weights_only=True))
+
+    summary = json.loads((out_dir / "summary.json").read_text())   # what tools read instead of train.log
+    assert (summary["script"], summary["dataset"], summary["metric"], summary["rounds"]) == \
+        ("FedAvg", "mnist", "accuracy", 3)
+    assert f"{summary['final']:.6g}" == rows[-1]["accuracy"] and summary["best"] == max(accuracy)
+    assert summary["bytes_up"] == sum(float(r["bytes_up"]) for r in rows)
+    assert set(summary["time_to_target_s"]) == {"0.93", "0.95", "0.97"}
+    assert 0 < summary["startup_s"] < summary["rounds_wall_s"] <= summary["wall_s"]
 
 
 def test_same_seed_gives_identical_metrics(mnist_run, mnist_root, tmp_path):
