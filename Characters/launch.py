@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
@@ -22,9 +23,10 @@ from Networks import build_model
 from Utils import transport
 from Utils.config import RunConfig
 from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
-from Utils.datasets import dataset_is_text, dataset_size, image_shape
+from Utils.datasets import DatasetSize, dataset_is_text, dataset_size, image_shape, load_dataset
 from Utils.flat import model_size
 from Utils.memory import JobShape, available_bytes, job_memory_bytes, memory_refusal
+from Utils.partition import client_shards, limit_training_set, partition_tokens
 from Utils.prepare import ensure_dataset
 from Utils.run_log import setup_logging
 
@@ -133,8 +135,11 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     start_method = _start_method(cfg)
     log.info("%s", device_note(cfg))
     ensure_dataset(cfg.dataset, cfg.data_dir)   # once here, not N+1 times in parallel
-    _check_memory(cfg, forked=start_method == "forkserver")
+    size = dataset_size(cfg.dataset, cfg.data_dir)
+    _check_partition(cfg, size)
+    _check_memory(cfg, size, forked=start_method == "forkserver")
     cfg = cfg.with_run_dir()
+    _check_out_dir(cfg.out_dir)
     log.info("%s: %d processes (server + %d clients), run directory %s", cfg.script, cfg.world_size,
              cfg.num_clients, cfg.out_dir)
     summaries = mp.get_context(start_method).SimpleQueue()
@@ -148,7 +153,10 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
         while not context.join(timeout=1.0):
             pass
     except mp.ProcessRaisedException as error:
-        log.error("rank %d failed; the job was stopped:\n%s", error.error_index, error)
+        # One line: the error the rank raised (the last line of its traceback); the whole traceback when
+        # OVERLAP_FEDAVG_DEBUG is set.
+        cause = str(error) if os.environ.get("OVERLAP_FEDAVG_DEBUG") else str(error).strip().splitlines()[-1]
+        log.error("rank %d failed; the job was stopped: %s", error.error_index, cause)
         return EXIT_FAILED, None
     except mp.ProcessExitedException as error:
         cause = f"signal {error.signal_name}" if error.signal_name else f"exit code {error.exit_code}"
@@ -164,9 +172,28 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     return 0, summaries.get() if not summaries.empty() else None
 
 
-def _check_memory(cfg: RunConfig, forked: bool) -> None:
+def _check_out_dir(out_dir: str) -> None:
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise LaunchError(f"--out_dir {out_dir} is a file; give a directory (it is created when missing)")
+
+
+def _check_partition(cfg: RunConfig, size: DatasetSize) -> None:
+    """A partition that cannot serve every client would fail every rank alike: refuse the job here, once.
+    Images: the real partition of the (limited) labels, which costs milliseconds; text needs only a count."""
+    try:
+        if dataset_is_text(cfg.dataset):
+            partition_tokens(min(size.train, cfg.max_train_samples or size.train), cfg.num_clients, cfg.partition,
+                             cfg.seed, alpha=cfg.alpha)
+        else:
+            data = limit_training_set(load_dataset(cfg.dataset, cfg.data_dir), cfg.max_train_samples, cfg.seed)
+            client_shards(data, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
+    except ValueError as error:
+        raise LaunchError(f"--partition {cfg.partition}: {error}; use fewer clients (--world_size) or more "
+                          f"training data (--max_train_samples)") from error
+
+
+def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
     """Refuse, before any rank starts, a job whose estimated memory exceeds what the machine has free."""
-    size = dataset_size(cfg.dataset, cfg.data_dir)
     text = dataset_is_text(cfg.dataset)
     image = {} if text else {"in_channels": image_shape(cfg.dataset)[0], "image_size": image_shape(cfg.dataset)[1]}
     with torch.device("meta"):   # parameter count only: nothing allocated

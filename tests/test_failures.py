@@ -26,7 +26,27 @@ def test_a_failing_client_stops_the_job(script, action, mnist_root, tmp_path):
     assert done.returncode != 0
     assert "rank 2" in done.stderr.splitlines()[-1] or "rank 2 " in done.stderr, done.stderr[-2000:]
     assert ("injected fault" in done.stderr) if action == "raise" else ("SIGKILL" in done.stderr)
+    assert "Traceback" not in done.stderr   # one line says what failed (OVERLAP_FEDAVG_DEBUG shows more)
     assert time.monotonic() - started < 60   # far below --timeout 60 + start-up: no waiting it out
+    assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
+
+
+@pytest.mark.parametrize("problem, options, message", [
+    ("out_dir is a file", [], "is a file; give a directory"),
+    ("more clients than shards", ["--world_size", "9", "--max_train_samples", "300"],
+     "--partition noniid: 8 clients need at least one of the 3 shards of 100 samples each; use fewer clients"),
+])
+def test_a_job_no_partition_or_run_directory_can_serve_is_refused_in_one_line(problem, options, message,
+                                                                              mnist_root, tmp_path):
+    out_dir = tmp_path / "run"
+    if problem == "out_dir is a file":
+        out_dir.write_text("not a directory")
+    env = job_env()
+    done = run_job("FedAvg.py", *QUICK_MNIST, *options, out_dir=out_dir, data_dir=mnist_root, env=env, timeout=60)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert out_dir.is_file() if problem == "out_dir is a file" else not out_dir.exists()   # nothing written
     assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
 
 

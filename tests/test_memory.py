@@ -47,5 +47,5 @@ def test_the_estimate_is_logged_for_every_job(dataset, model, mnist_root, ptb_ro
     cfg = RunConfig(script="FedAvg", overlap=False, world_size=5, dataset=dataset, model=model,
                     data_dir=str(root))
     with caplog.at_level("INFO", logger=launch.log.name):
-        launch._check_memory(cfg, forked=True)
+        launch._check_memory(cfg, launch.dataset_size(dataset, root), forked=True)
     assert "memory: about" in caplog.text and "for the job's 5 processes" in caplog.text
