@@ -138,8 +138,9 @@ def dataset_is_text(name: str) -> bool:
     return name in TEXT_SPECS
 
 
-def prepare_hint(name: str) -> str:
-    return f"run `python prepare_data.py --dataset {name}` (with --source DIR when offline)"
+def prepare_hint(name: str, root: Path | None = None) -> str:
+    data_dir = f" --data_dir {root}" if root is not None else ""
+    return f"run `python prepare_data.py --dataset {name}{data_dir}` (with --source DIR when offline)"
 
 
 def load_dataset(name: str, data_dir: str | Path = "./data") -> ImageData | TextData:
@@ -240,7 +241,7 @@ def split_problem(name: str, images: object, labels: object) -> str | None:
 def read_cache(name: str, root: Path, split: str, mmap: bool = False) -> dict:
     """A split's cache entry (images, labels, source, verified), checked; mmap=True reads little of it."""
     path = cache_path(name, root, split)
-    fix = f"delete it and {prepare_hint(name)}"
+    fix = f"delete it and {prepare_hint(name, root)}"
     try:
         entry = torch.load(path, weights_only=True, mmap=mmap)
     except Exception as exc:   # truncated zip, garbage bytes, foreign pickle: all mean "unreadable"

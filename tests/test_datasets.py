@@ -421,6 +421,7 @@ def test_broken_cache_is_corrupt_with_its_path(mnist_cache_root, damage, complai
     with pytest.raises(DatasetCorruptError, match=complaint) as error:
         load_dataset("mnist", mnist_cache_root)
     assert str(cache) in str(error.value) and "delete it" in str(error.value) and "\n" not in str(error.value)
+    assert f"prepare_data.py --dataset mnist --data_dir {mnist_cache_root}`" in str(error.value)   # this root
 
 
 def test_broken_cifar_pickles_are_corrupt_and_foreign_globals_refused(tmp_path):
