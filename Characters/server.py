@@ -42,6 +42,10 @@ def _mean(values: list[float], weights: list[float] | None = None) -> float:
     return float(sum(w * v for w, v in zip(weights, values, strict=True)))
 
 
+class Diverged(RuntimeError):
+    """A non-finite upload or global model: the run cannot recover, so it stops with the round and the cause."""
+
+
 @dataclass
 class _Unwritten:
     """A round's metrics row until it is complete."""
@@ -82,10 +86,18 @@ class _Server:
         stopping = False
         progress = tqdm(total=cfg.max_epoch, desc="rounds", unit="round", disable=None, leave=False)
         for round_index in range(1, cfg.max_epoch + 1):
-            moments, reports = self.receive()
+            moments, reports, diverged = self.receive()
             if unwritten:   # these uploads carry the communication figures of the last round
                 unwritten[-1].reports, unwritten[-1].reports_in = reports, True
-            self.update.apply(moments)
+            if diverged is None:
+                self.update.apply(moments)
+                if not torch.isfinite(self.update.current).all():
+                    diverged = ("the server update made the global model non-finite; the run diverged: try a "
+                                "smaller --server_lr or --mom")
+            if diverged is not None:
+                self.broadcast(stop=True)   # the clients end cleanly, so that the server's line names the cause
+                self.write_finished(unwritten, wait=True)   # the rounds before are good: keep their rows
+                raise Diverged(f"round {round_index}: {diverged}")
             # Decided on G_{r-1}, announced with G_r: the clients are already training the next round.
             stopping = self.early_stop_decided(round_index - 1, unwritten)
             row = self.broadcast(stop=stopping, round_index=round_index, reports=reports)
@@ -129,15 +141,19 @@ class _Server:
         staging.write_text(json.dumps(content, indent=2) + "\n")
         staging.replace(self.out_dir / "summary.json")   # a reader never sees half a file
 
-    def receive(self) -> tuple[StreamingMoments, list[RoundReport]]:
-        """Every client's upload, in fixed client order, folded into the update's running sums."""
-        moments, reports = self.update.new_round(), []
+    def receive(self) -> tuple[StreamingMoments, list[RoundReport], str | None]:
+        """Every client's upload, in fixed client order, folded into the update's running sums; and what
+        diverged, if an upload is not finite (all are received even then, so that no client is left sending)."""
+        moments, reports, diverged = self.update.new_round(), [], None
         for client, weight in zip(self.clients, self.weights, strict=True):
             transport.recv(self.upload, client)
             local, report = transport.unpack_upload(self.upload, self.model_numel)
+            if diverged is None and not (math.isfinite(report.train_loss) and torch.isfinite(local).all()):
+                diverged = (f"client {client}'s model is not finite (its training loss: {report.train_loss:.4g}); "
+                            f"the run diverged: try a smaller --lr")
             moments.add(local, weight)
             reports.append(report)
-        return moments, reports
+        return moments, reports, diverged
 
     def broadcast(self, *, stop: bool, round_index: int = 0, reports: list[RoundReport] = ()) -> dict:
         """Send the current global model and the continue/stop flag; return the round's first figures."""

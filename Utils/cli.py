@@ -119,8 +119,9 @@ def _early_stop(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         round_index, metric = int(args.early_stop[0]), float(args.early_stop[1])
     except ValueError:
         parser.error("--optuna_early_stop takes ROUND (an integer) and METRIC (a number)")
-    if not 1 <= round_index <= args.max_epoch:
-        parser.error(f"--optuna_early_stop ROUND must be between 1 and --max_epoch {args.max_epoch}")
+    if not 1 <= round_index < args.max_epoch:   # at the last round there is nothing left to stop
+        parser.error(f"--optuna_early_stop ROUND must be between 1 and --max_epoch - 1 ({args.max_epoch - 1}): "
+                     f"a run stopped at its last round would stop nothing")
     return round_index, metric
 
 

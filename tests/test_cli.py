@@ -45,7 +45,8 @@ CASES = [
     (["FedAvg.py", "--seed", "-1"], "must be between 0 and 2**32 - 1"),
     (["FedAvg.py", "--mom", "1"], "--mom must be below 1"),
     (["AsyncFedAvg.py", "--comp_coef", "1.5"], "must be between 0 and 1"),
-    (["AsyncFedAvg.py", "--max_epoch", "3", "--optuna_early_stop", "5", "0.9"], "between 1 and --max_epoch 3"),
+    (["AsyncFedAvg.py", "--max_epoch", "3", "--optuna_early_stop", "5", "0.9"], "between 1 and --max_epoch - 1 (2)"),
+    (["AsyncFedAvg.py", "--max_epoch", "3", "--optuna_early_stop", "3", "0.9"], "would stop nothing"),
 ]
 
 

@@ -50,6 +50,18 @@ def test_a_job_no_partition_or_run_directory_can_serve_is_refused_in_one_line(pr
     assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_diverged_run_stops_naming_the_round_and_the_client(script, mnist_root, tmp_path):
+    env = job_env()
+    done = run_job(script, *QUICK_MNIST, "--max_epoch", "3", "--lr", "1000", out_dir=tmp_path / "run",
+                   data_dir=mnist_root, env=env, timeout=120)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert "rank 0 failed" in last and "round 1: client 1's model is not finite" in last, done.stderr[-2000:]
+    assert "try a smaller --lr" in last and "Traceback" not in done.stderr
+    assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
+
+
 def test_a_busy_port_is_a_clear_error(mnist_root, tmp_path):
     with socket.socket() as busy:
         busy.bind(("", 0))
