@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from Utils.datasets import ImageData
-from Utils.flat import load_flat_into_model
+from Utils.flat import load_flat_into_model, model_size
 from Utils.run_log import higher_is_better
 from Utils.text import TextData
 from Utils.training import evaluate
@@ -30,7 +30,8 @@ SNAPSHOT_BUDGET_BYTES = 512 * 2**20   # models waiting for evaluation; beyond it
 
 
 def max_pending_snapshots(model_bytes: int) -> int:
-    """How many global models may wait for evaluation before the server waits for the evaluator."""
+    """How many global models (model_bytes each, as flat float32) may wait for evaluation before the server
+    waits for the evaluator."""
     return max(2, SNAPSHOT_BUDGET_BYTES // max(model_bytes, 1))
 
 
@@ -49,8 +50,7 @@ class BackgroundEvaluator:
                  timeout_s: float):
         self._model = copy.deepcopy(model)   # its own copy: the server keeps loading into the live one
         self._data, self._metric, self._best_path, self._timeout_s = data, metric, best_path, timeout_s
-        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending_snapshots(model_bytes))
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending_snapshots(4 * model_size(model)))
         self._results: dict[int, dict] = {}
         self._done = threading.Condition()
         self._error: BaseException | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from Characters.evaluation import SNAPSHOT_BUDGET_BYTES
+from Characters.evaluation import max_pending_snapshots
 from Characters.forkserver import start_forkserver
 from Characters.rank import run_rank
 from Networks import build_model
@@ -195,16 +195,19 @@ def _check_partition(cfg: RunConfig, size: DatasetSize) -> None:
 def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
     """Refuse, before any rank starts, a job whose estimated memory exceeds what the machine has free."""
     text = dataset_is_text(cfg.dataset)
-    image = {} if text else {"in_channels": image_shape(cfg.dataset)[0], "image_size": image_shape(cfg.dataset)[1]}
+    image = {}
+    if not text:
+        channels, side, _ = image_shape(cfg.dataset)
+        image = {"in_channels": channels, "image_size": side}
     with torch.device("meta"):   # parameter count only: nothing allocated
         model_bytes = 4 * model_size(build_model(cfg.model, size.num_classes, **image))
     train = min(size.train, cfg.max_train_samples or size.train)
     test = min(size.test, cfg.test_samples or size.test)
     evaluations = cfg.max_epoch if cfg.eval_every > 0 else 0
     shape = JobShape(cfg.world_size, model_bytes, train_bytes=0 if text else train * size.sample_numel * 4,
-                     test_bytes=test * (8 if text else size.sample_numel), corpus_tokens=size.train + size.test
-                     if text else 0, snapshot_bytes=min(evaluations * model_bytes, SNAPSHOT_BUDGET_BYTES),
-                     forked=forked)
+                     test_bytes=test * (8 if text else size.sample_numel),
+                     corpus_tokens=size.train + size.test if text else 0,
+                     snapshot_bytes=min(evaluations, max_pending_snapshots(model_bytes)) * model_bytes, forked=forked)
     needed, available = job_memory_bytes(shape), available_bytes()
     log.info("memory: about %.1f GB for the job's %d processes%s", needed / 2**30, cfg.world_size,
              f", {available / 2**30:.1f} GB available" if available is not None else "")

@@ -121,22 +121,20 @@ class _Server:
         self.writer.close()
         load_flat_into_model(self.update.current, self.model)
         torch.save(self.model.state_dict(), self.out_dir / "final_model.pt")
-        summary = _summary(cfg, self.writer, self.metric, time.time() - self.launched, stopping)
+        figures = summarise_rows(self.writer.rows, self.metric, SUMMARY_TARGETS.get(cfg.dataset, ()),
+                                 self.startup_s)
+        summary = _summary(cfg, figures, self.metric, time.time() - self.launched, stopping)
         log.info("server peak resident memory during the rounds %.1f MB", resident_mb())
-        self.write_summary_json(summary)
+        self.write_summary_json(figures, summary)
         log.info(summary["line"])
         return summary
 
-    def write_summary_json(self, summary: dict) -> None:
+    def write_summary_json(self, figures: dict, summary: dict) -> None:
         """summary.json: the run's figures for tools, so that none has to read train.log (docs/outputs.md)."""
         cfg = self.cfg
         content = {"script": cfg.script, "dataset": cfg.dataset, "model": cfg.model, "world_size": cfg.world_size,
                    "seed": cfg.seed, "metric": self.metric, "wall_s": summary["wall_s"],
-                   "stopped_early": summary["stopped_early"],
-                   **summarise_rows(self.writer.rows, self.metric, SUMMARY_TARGETS.get(cfg.dataset, ()),
-                                    self.startup_s)}
-        content = {key: None if isinstance(value, float) and not math.isfinite(value) else value
-                   for key, value in content.items()}
+                   "stopped_early": summary["stopped_early"], **figures}
         staging = self.out_dir / "summary.json.tmp"
         staging.write_text(json.dumps(content, indent=2) + "\n")
         staging.replace(self.out_dir / "summary.json")   # a reader never sees half a file
@@ -237,13 +235,13 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
     return server.run()
 
 
-def _summary(cfg: RunConfig, writer: MetricsWriter, metric: str, wall_s: float, stopped: bool) -> dict:
-    best = writer.best()
-    final = next((r[metric] for r in reversed(writer.rows) if metric in r), math.nan)
-    rounds = len(writer.rows)
+def _summary(cfg: RunConfig, figures: dict, metric: str, wall_s: float, stopped: bool) -> dict:
+    """What the launcher and a grid or search get back: the run's figures (summarise_rows) and its last line."""
+    rounds, best, best_round, final = figures["rounds"], figures["best"], figures["best_round"], figures["final"]
     line = (f"done: {rounds} rounds{' (stopped early)' if stopped else ''}, "
-            f"best {metric} {best[0]:.4f} (round {best[1]}), final {metric} {final:.4f}, "
-            f"wall {wall_s:.1f} s, run directory {cfg.out_dir}" if best else
+            f"best {metric} {best:.4f} (round {best_round}), final {metric} {final:.4f}, "
+            f"wall {wall_s:.1f} s, run directory {cfg.out_dir}" if best is not None else
             f"done: {rounds} rounds, no evaluation, wall {wall_s:.1f} s, run directory {cfg.out_dir}")
-    return {"metric": metric, "best": best[0] if best else math.nan, "best_round": best[1] if best else 0,
-            "final": final, "rounds": rounds, "wall_s": wall_s, "stopped_early": stopped, "line": line}
+    return {"metric": metric, "best": math.nan if best is None else best, "best_round": best_round or 0,
+            "final": math.nan if final is None else final, "rounds": rounds, "wall_s": wall_s,
+            "stopped_early": stopped, "line": line}

@@ -209,8 +209,7 @@ def limit_training_set(data, max_samples: int | None, seed: int):
         return replace(data, train_tokens=data.train_tokens[:max_samples])
     if max_samples >= len(data.train_labels):
         return data
-    keep = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:max_samples]
-    keep = keep.sort().values
+    keep = _seeded_sorted_subset(len(data.train_labels), max_samples, seed)
     return replace(data, train_images=data.train_images[keep], train_labels=data.train_labels[keep])
 
 
@@ -218,16 +217,21 @@ def limit_test_set(data, max_samples: int | None, seed: int):
     """Evaluate on a seeded random subset of max_samples test samples (tokens: a seeded contiguous span)."""
     if max_samples is None:
         return data
-    generator = torch.Generator().manual_seed(seed)
     if isinstance(data, TextData):
         if max_samples >= len(data.test_tokens):
             return data
+        generator = torch.Generator().manual_seed(seed)
         start = int(torch.randint(0, len(data.test_tokens) - max_samples + 1, (), generator=generator))
         return replace(data, test_tokens=data.test_tokens[start:start + max_samples])
     if max_samples >= len(data.test_labels):
         return data
-    keep = torch.randperm(len(data.test_labels), generator=generator)[:max_samples].sort().values
+    keep = _seeded_sorted_subset(len(data.test_labels), max_samples, seed)
     return replace(data, test_images=data.test_images[keep], test_labels=data.test_labels[keep])
+
+
+def _seeded_sorted_subset(count: int, keep: int, seed: int) -> torch.Tensor:
+    """`keep` of the indices 0..count-1, drawn with their own generator seeded by `seed`, in ascending order."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:keep].sort().values
 
 
 def client_shards(data, num_clients: int, scheme: str, seed: int, alpha: float = 0.5) -> list:

@@ -50,7 +50,6 @@ class MetricsWriter:
     """Appends one row per round to metrics.csv and flushes it, so a crashed run keeps its rows."""
 
     def __init__(self, path: Path, metric: str):
-        self.metric = metric
         self.columns = [c.format(metric=metric) for c in METRIC_COLUMNS]
         self._file = path.open("w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
@@ -66,14 +65,6 @@ class MetricsWriter:
     def close(self) -> None:
         self._file.close()
 
-    def best(self) -> tuple[float, int] | None:
-        """(best metric, its round) over the evaluated rounds."""
-        scored = [(r[self.metric], r["round"]) for r in self.rows if _is_number(r.get(self.metric))]
-        if not scored:
-            return None
-        pick = max if higher_is_better(self.metric) else min
-        return pick(scored, key=lambda pair: pair[0])
-
 
 # Targets whose time summary.json reports (accuracy up, perplexity down). The MNIST ones are the
 # time-to-accuracy benchmark's; the others mark early, middle and late progress of a full-data run.
@@ -84,14 +75,17 @@ SUMMARY_TARGETS = {
 }
 
 
+def first_reaching(rows: list[dict], metric: str, target: float) -> dict | None:
+    """The first row whose metric reaches `target` (accuracy at least, perplexity at most), or None."""
+    return next((row for row in rows if _is_number(row.get(metric))
+                 and (row[metric] >= target if higher_is_better(metric) else row[metric] <= target)), None)
+
+
 def time_to_target_s(rows: list[dict], metric: str, target: float, startup_s: float) -> float | None:
     """Seconds after start-up until the first row whose metric reaches `target` (wall_s - startup_s: training
     and communication only), or None when no row does."""
-    for row in rows:
-        value = row.get(metric)
-        if _is_number(value) and (value >= target if higher_is_better(metric) else value <= target):
-            return row["wall_s"] - startup_s
-    return None
+    reached = first_reaching(rows, metric, target)
+    return None if reached is None else reached["wall_s"] - startup_s
 
 
 def summarise_rows(rows: list[dict], metric: str, targets: tuple[float, ...], startup_s: float) -> dict:

@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from Utils.memory import available_bytes  # noqa: E402   (no torch: this process stays light)
+
 MB = 1024   # kB per MB: /proc reports kB
 TARGET_RATIO = 3.0   # total memory of the largest world size over the smallest's (16 clients vs 2 by default)
 
@@ -174,7 +177,7 @@ def check(run: SampledRun, cwd: Path) -> None:
 
 
 def mem_available_mb() -> float:
-    return (_kb(Path("/proc/meminfo").read_text(), "MemAvailable:") or 0) / MB
+    return (available_bytes() or 0) / 2**20
 
 
 def main() -> None:

@@ -36,7 +36,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
 from jobs import JobResult, Link, logged_startup_s, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
+
+from Utils.run_log import first_reaching  # noqa: E402
 
 NUM_CLIENTS = 4
 
@@ -74,9 +77,8 @@ def job_options(args, setting: Setting, *, evaluate: bool, link: Link | None) ->
 
 def time_to(job: JobResult, target: float) -> tuple[float, int] | None:
     """(seconds after start-up, round) at which the job first reached `target`, or None."""
-    startup = logged_startup_s(job.log)
-    reached = next((row for row in job.rows if row["accuracy"] >= target), None)
-    return None if reached is None else (reached["wall_s"] - startup, int(reached["round"]))
+    reached = first_reaching(job.rows, "accuracy", target)
+    return None if reached is None else (reached["wall_s"] - logged_startup_s(job.log), int(reached["round"]))
 
 
 def run_setting(args, name: str, work: Path, verdicts: list) -> None:
