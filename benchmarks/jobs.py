@@ -54,9 +54,10 @@ def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) ->
     """Run one FedAvg.py / AsyncFedAvg.py job to completion; exit the benchmark if it fails."""
     command = [sys.executable, script, *options, "--master_port", "0", "--out_dir", str(out_dir)]
     COMMANDS.append(shlex.join(command))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    job_output = job_output_path(out_dir)
+    job_output.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    with (out_dir / "job.out").open("w") as output:
+    with job_output.open("w") as output:
         process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)   # its own group: a timeout stops every rank
         try:
@@ -67,11 +68,16 @@ def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) ->
             sys.exit(f"job timed out or interrupted after {time.perf_counter() - began:.0f} s: {COMMANDS[-1]}")
     elapsed = time.perf_counter() - began
     if status != 0:
-        tail = (out_dir / "job.out").read_text()[-3000:]
+        tail = job_output.read_text()[-3000:]
         sys.exit(f"job failed with exit status {status}: {COMMANDS[-1]}\n{tail}")
     with (out_dir / "metrics.csv").open() as f:
         rows = [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
     return JobResult(COMMANDS[-1], rows, (out_dir / "train.log").read_text(), elapsed)
+
+
+def job_output_path(out_dir: Path) -> Path:
+    """Where run_job keeps a job's stdout and stderr: beside its run directory, which stays the job's own."""
+    return out_dir.with_name(out_dir.name + ".out")
 
 
 def add_job_options(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
