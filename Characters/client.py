@@ -9,31 +9,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import signal
 import time
 
 import torch
 
+from Characters.faults import act_out, injected_fault
 from Utils import transport
 from Utils.config import RunConfig
 from Utils.training import LocalTrainer
 from Utils.transport import RoundReport
 
 log = logging.getLogger(__name__)
-
-
-def inject_fault(rank: int, round_index: int) -> None:
-    """Fault injection for the failure tests: OVERLAP_FEDAVG_FAULT="RANK:ROUND:raise|kill" makes that
-    client raise, or die by SIGKILL, when it starts training that (1-based) round."""
-    spec = os.environ.get("OVERLAP_FEDAVG_FAULT")
-    if not spec:
-        return
-    fault_rank, fault_round, action = spec.split(":")
-    if int(fault_rank) == rank and int(fault_round) == round_index + 1:
-        if action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError(f"injected fault in round {round_index + 1}")
 
 
 def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: int) -> None:
@@ -45,26 +31,34 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
         transport.recv(buffer, transport.SERVER_RANK, link)
         return buffer
 
-    def exchange(upload: torch.Tensor) -> torch.Tensor:
+    def exchange(upload: torch.Tensor, fault: str | None) -> torch.Tensor:
+        act_out(fault, "upload")
         transport.send(upload, transport.SERVER_RANK, link)
+        act_out(fault, "download")
         return download()
 
-    global_model, _ = transport.unpack_download(download(), model_numel)   # G_0
+    # G_0, or where a resumed run continues: FedAvg trains round r+1 from G_r; Overlap from G_{r-1}, and G_r
+    # follows as an ordinary download, as it would have after the upload of round r.
+    global_model, first_round = transport.unpack_start(download(), model_numel)
     last_wait_s = last_comm_s = math.nan   # the previous exchange: trainer blocked, job duration
+    deadline = transport.HangDeadline(cfg.timeout)
 
     def receive_next_global(job: transport.Job) -> bool:
         """Wait for an exchange and keep the global model it brought; True when the server says stop."""
         nonlocal global_model, last_wait_s, last_comm_s
         waited_from = time.perf_counter()
-        message = job.wait(cfg.timeout)
+        message = job.wait(deadline.seconds, f" (client {rank}, in its round {round_index + 1}, was waiting for "
+                                             f"a global model)")
         last_wait_s, last_comm_s = time.perf_counter() - waited_from, job.seconds
         global_model, stop = transport.unpack_download(message, model_numel)
         return stop
 
-    pending: transport.Job | None = None
+    pending: transport.Job | None = comm.submit(download) if cfg.overlap and first_round > 0 else None
     try:
-        for round_index in range(cfg.max_epoch):
-            inject_fault(rank, round_index)
+        round_index = first_round
+        for round_index in range(first_round, cfg.max_epoch):
+            fault = injected_fault(rank, round_index)
+            act_out(fault, "train")
             started = time.perf_counter()
             local, train_loss = trainer.train_round(global_model, round_index)
             train_s = time.perf_counter() - started
@@ -73,11 +67,12 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
                 return
             report = RoundReport(train_loss, train_s, last_wait_s, last_comm_s)
             upload = transport.pack_upload(local, report)
-            pending = comm.submit(lambda upload=upload: exchange(upload))
+            pending = comm.submit(lambda upload=upload, fault=fault: exchange(upload, fault))
             if not cfg.overlap:   # FedAvg: block on the exchange
                 stop, pending = receive_next_global(pending), None
                 if stop:
                     return
+            deadline.observe(time.perf_counter() - started)
         if pending is not None and receive_next_global(pending):
             return
         # The last job's figures, for the server's last metrics row.

@@ -59,8 +59,9 @@ class BackgroundEvaluator:
         self._thread = threading.Thread(target=self._run, name="evaluator", daemon=True)
         self._thread.start()
 
-    def submit(self, round_index: int, flat_model: torch.Tensor) -> None:
-        """Queue a copy of G_r; waits only when the evaluator is a full snapshot budget behind."""
+    def submit(self, round_index: int, flat_model: torch.Tensor) -> torch.Tensor:
+        """Queue a copy of G_r and return it (not to be modified); waits only when the evaluator is a full
+        snapshot budget behind."""
         self._raise_if_failed()
         item = (round_index, flat_model.detach().clone())
         try:
@@ -71,6 +72,7 @@ class BackgroundEvaluator:
                 log.info("evaluation is %d models behind the rounds: the server now waits for it (--test_samples "
                          "or --eval_every makes it cheaper)", self._queue.maxsize)
             self._put_waiting(item)
+        return item[1]
 
     def _put_waiting(self, item) -> None:
         deadline = time.monotonic() + self._timeout_s

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import signal
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from Characters.forkserver import start_forkserver
 from Characters.rank import run_rank
 from Networks import build_model
 from Utils import transport
+from Utils.checkpoint import CheckpointError, read_checkpoint
 from Utils.config import RunConfig
 from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
 from Utils.datasets import DatasetSize, dataset_is_text, dataset_size, image_shape, load_dataset
@@ -33,6 +36,8 @@ from Utils.run_log import setup_logging
 log = logging.getLogger(__name__)
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+FAILURE_GRACE_S = 2.0
+OWN_EXCEPTION_PREFIX = r"^(Utils|Characters)\.[\w.]+: "   # the project's own errors say enough without their class
 
 
 class LaunchError(ValueError):
@@ -40,13 +45,23 @@ class LaunchError(ValueError):
 
 
 def _die_with_parent() -> None:
-    """Linux: have the kernel kill this rank if the launcher dies, even by SIGKILL (no orphans)."""
+    """Linux: have the kernel kill this rank if its parent dies, even by SIGKILL (no orphans).
+
+    A forkserver rank's parent is the forkserver, which stays up while any process holds the write end of
+    its "alive" pipe, and multiprocessing hands that end to every rank. Closed here, the launcher alone
+    holds it: when the launcher dies, however it dies, the forkserver sees end of file and exits, and the
+    kernel then kills the ranks."""
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass   # not Linux: the launcher's own handlers still stop the ranks
+        return   # not Linux: the launcher's own handlers still stop the ranks
+    from multiprocessing import forkserver
+    alive_fd = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if alive_fd is not None:   # set in forkserver children only
+        os.close(alive_fd)
+        forkserver._forkserver._forkserver_alive_fd = None
 
 
 class _Terminated(Exception):
@@ -74,15 +89,36 @@ def launch(cfg: RunConfig) -> tuple[int, dict | None]:
     try:
         if cfg.backend == "nccl" and not torch.cuda.is_available():
             raise LaunchError("--backend nccl needs CUDA on every rank; use --backend gloo on this machine")
-        from_env = transport.environment_rank()
+        if Path(cfg.data_dir).exists() and not Path(cfg.data_dir).is_dir():
+            raise LaunchError(f"--data_dir {cfg.data_dir} is a file; give the data root directory (prepare_data.py)")
+        try:
+            from_env = transport.environment_rank()
+        except ValueError as error:
+            raise LaunchError(str(error)) from error
         if from_env is not None:
-            return 0, _run_one_rank(cfg, *from_env)
+            return _one_rank_status(cfg, *from_env)
         return _spawn_all(cfg)
     except LaunchError as error:
         log.error("%s", error)
         return EXIT_USAGE, None
     except (DatasetUnavailableError, DatasetCorruptError) as error:
         log.error("%s", error)
+        return EXIT_FAILED, None
+    except KeyboardInterrupt:   # Ctrl-C before the ranks started
+        log.error("interrupted")
+        return EXIT_INTERRUPTED, None
+
+
+def _one_rank_status(cfg: RunConfig, rank: int, world_size: int) -> tuple[int, dict | None]:
+    """Several machines: run this rank. A failure inside it is the one line the rank logged ("rank N failed:
+    ..."), with the traceback under OVERLAP_FEDAVG_DEBUG; no launcher is there to add one."""
+    try:
+        return 0, _run_one_rank(cfg, rank, world_size)
+    except (LaunchError, DatasetUnavailableError, DatasetCorruptError):
+        raise
+    except Exception:  # noqa: BLE001 - run_rank has logged it in one line
+        if os.environ.get("OVERLAP_FEDAVG_DEBUG"):
+            log.exception("rank %d failed", rank)
         return EXIT_FAILED, None
 
 
@@ -100,6 +136,8 @@ def _run_one_rank(cfg: RunConfig, rank: int, world_size: int) -> dict | None:
                               f"{'address' if name == 'MASTER_ADDR' else 'port'} on every machine")
     cfg = replace(cfg, world_size=world_size, launch_time=_launch_time()).with_run_dir()
     log.info("rank %d of %d: %s", rank, world_size, device_note(cfg))
+    if rank == transport.SERVER_RANK:
+        _check_out_dir(cfg)
     ensure_dataset(cfg.dataset, cfg.data_dir)   # ranks sharing a machine take turns (a file lock)
     return run_rank(rank, cfg, rendezvous_from_env=True)
 
@@ -139,9 +177,10 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     _check_partition(cfg, size)
     _check_memory(cfg, size, forked=start_method == "forkserver")
     cfg = cfg.with_run_dir()
-    _check_out_dir(cfg.out_dir)
+    _check_out_dir(cfg)
     log.info("%s: %d processes (server + %d clients), run directory %s", cfg.script, cfg.world_size,
              cfg.num_clients, cfg.out_dir)
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)   # we say what failed, once
     summaries = mp.get_context(start_method).SimpleQueue()
     context = mp.start_processes(_spawned_rank, args=(cfg, summaries), nprocs=cfg.world_size,
                                  join=False, start_method=start_method)
@@ -150,17 +189,12 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     # that Ctrl-C (or kill -INT) stops the job.
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        while not context.join(timeout=1.0):
+        # On a failure, the others get 2 s to end on their own (the server then names the client it lost),
+        # then SIGTERM, then SIGKILL 2 s later: a stopped (SIGSTOP) rank ends too.
+        while not context.join(timeout=1.0, grace_period=FAILURE_GRACE_S):
             pass
-    except mp.ProcessRaisedException as error:
-        # One line: the error the rank raised (the last line of its traceback); the whole traceback when
-        # OVERLAP_FEDAVG_DEBUG is set.
-        cause = str(error) if os.environ.get("OVERLAP_FEDAVG_DEBUG") else str(error).strip().splitlines()[-1]
-        log.error("rank %d failed; the job was stopped: %s", error.error_index, cause)
-        return EXIT_FAILED, None
-    except mp.ProcessExitedException as error:
-        cause = f"signal {error.signal_name}" if error.signal_name else f"exit code {error.exit_code}"
-        log.error("rank %d died (%s); the job was stopped", error.error_index, cause)
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):
+        log.error("%s; the job was stopped", _root_failure(context))
         return EXIT_FAILED, None
     except (KeyboardInterrupt, _Terminated) as stop:
         log.error("%s: stopping every rank", "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated")
@@ -172,9 +206,70 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     return 0, summaries.get() if not summaries.empty() else None
 
 
-def _check_out_dir(out_dir: str) -> None:
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+def _root_failure(context) -> str:
+    """One line on the failure that explains the others, once every rank has ended. A rank that lost its peer
+    raises too, so the cause is, in order: an error a rank raised that is not a lost peer; the server's hang
+    diagnosis (it names the client it waited for, and for what); a rank that died by a signal; the server's
+    error. The traceback's last line, or the whole traceback with OVERLAP_FEDAVG_DEBUG set."""
+    raised = {rank: _raised_error(path) for rank, path in enumerate(context.error_files)}
+    raised = {rank: text for rank, text in raised.items() if text is not None}
+    died = {rank: process.exitcode for rank, process in enumerate(context.processes)
+            if process.exitcode is not None and process.exitcode < 0 and rank not in raised
+            and process.exitcode != -signal.SIGTERM}
+
+    def raised_line(rank: int) -> str:
+        if os.environ.get("OVERLAP_FEDAVG_DEBUG"):
+            return f"rank {rank} failed: {raised[rank]}"
+        last = raised[rank].strip().splitlines()[-1]
+        return f"rank {rank} failed: {re.sub(OWN_EXCEPTION_PREFIX, '', last)}"
+
+    own = [rank for rank, text in raised.items() if not _lost_peer(text.strip().splitlines()[-1])]
+    if own:
+        return raised_line(own[0])
+    server = transport.SERVER_RANK
+    if server in raised and "did not answer" in raised[server]:
+        return raised_line(server)
+    if died:
+        rank = min(died)
+        return f"rank {rank} died (signal {signal.Signals(-died[rank]).name})"
+    if raised:
+        return raised_line(server if server in raised else min(raised))
+    failed = [rank for rank, process in enumerate(context.processes) if process.exitcode]
+    return f"rank {failed[0]} exited with status {context.processes[failed[0]].exitcode}" if failed else "a rank failed"
+
+
+def _lost_peer(line: str) -> bool:
+    """An error that only says a peer went away (ours, or gloo's own when it noticed first)."""
+    return "PeerFailure" in line or "gloo" in line or "Connection closed by peer" in line
+
+
+def _raised_error(path: str) -> str | None:
+    """The traceback text torch.multiprocessing saved for a rank that raised, or None."""
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)   # written by torch.multiprocessing in this job's own temporary directory
+    except (OSError, pickle.UnpicklingError, EOFError):
+        return None
+
+
+def _check_out_dir(cfg: RunConfig) -> None:
+    """A new run needs a new or empty directory (nothing already written is overwritten); a resumed run, a
+    checkpoint of its own with rounds left to run."""
+    out_dir = Path(cfg.out_dir)
+    if cfg.resume is not None:
+        try:
+            state = read_checkpoint(out_dir, asdict(cfg))
+        except CheckpointError as error:
+            raise LaunchError(f"--resume {out_dir}: {error}") from error
+        if state["round"] >= cfg.max_epoch:
+            raise LaunchError(f"--resume {out_dir}: the run has completed {state['round']} rounds; give --max_epoch "
+                              f"above {state['round']} to extend it")
+        return
+    if out_dir.exists() and not out_dir.is_dir():
         raise LaunchError(f"--out_dir {out_dir} is a file; give a directory (it is created when missing)")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise LaunchError(f"--out_dir {out_dir} is not empty; give a new directory, or --resume {out_dir} to "
+                          f"continue the run in it")
 
 
 def _check_partition(cfg: RunConfig, size: DatasetSize) -> None:

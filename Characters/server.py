@@ -11,15 +11,17 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from Characters.evaluation import BackgroundEvaluator
+from Characters.faults import act_out, injected_fault
 from Utils import transport
 from Utils.aggregation import ADAPTIVE_COMPENSATIONS, ServerUpdate, StreamingMoments, client_weights
+from Utils.checkpoint import CheckpointWriter, checkpoint_options, read_checkpoint
 from Utils.config import RunConfig
 from Utils.datasets import ImageData
 from Utils.flat import buffer_size, flatten_model, load_flat_into_model, model_size
@@ -53,6 +55,7 @@ class _Unwritten:
     evaluated: bool                  # G_r is being evaluated; its test metrics are not in the row yet
     reports: list[RoundReport] | None = None
     reports_in: bool = False         # the communication figures came (with the next round's uploads)
+    model: torch.Tensor | None = None   # G_r while it is being evaluated (the evaluator's snapshot)
 
 
 class _Server:
@@ -64,7 +67,8 @@ class _Server:
         self.launched = job_start_time(cfg)
         self.out_dir = Path(cfg.out_dir)
         self.metric = "perplexity" if isinstance(data, TextData) else "accuracy"
-        self.writer = MetricsWriter(self.out_dir / "metrics.csv", self.metric)
+        resumed = read_checkpoint(self.out_dir, asdict(cfg)) if cfg.resume else None
+        self.writer = MetricsWriter(self.out_dir / "metrics.csv", self.metric, resumed["rows"] if resumed else ())
         self.weights = client_weights(num_samples)
         self.clients = list(range(1, cfg.world_size))
         self.model_numel = model_size(model)
@@ -73,20 +77,67 @@ class _Server:
                                    comp_coef=cfg.comp_coef, num_buffers=buffer_size(model))
         self.upload = torch.empty(transport.upload_size(self.model_numel))
         self.last_sent = 0.0
+        self.deadline = transport.HangDeadline(cfg.timeout)
         evaluates = cfg.eval_every > 0 or cfg.early_stop is not None
         self.evaluator = BackgroundEvaluator(model, data, self.metric, self.out_dir / "best_model.pt",
                                              cfg.timeout) if evaluates else None
+        self.resumed = resumed
+        self.checkpoints = CheckpointWriter(self.out_dir)
+        self.first_round = 1
+        if resumed is not None:
+            self.update.load_state_dict(resumed["update"])
+            self.first_round = resumed["round"] + 1
+            if self.evaluator is not None:
+                self.evaluator.best = _best([r.get(self.metric) for r in resumed["rows"]], self.metric)
+
+    def send_start(self) -> None:
+        """G_0; or, resuming after round r, what the clients' next round trains from (G_r, Overlap G_{r-1}
+        then G_r), so that the pipeline continues exactly."""
+        first = self.first_round - 1
+        start = self.update.upload_start if self.cfg.overlap and first > 0 else self.update.current
+        transport.send_to_all(transport.pack_start(start, first), self.clients)
+        if self.cfg.overlap and first > 0:
+            transport.send_to_all(transport.pack_download(self.update.current, stop=False), self.clients)
+        self.last_sent = time.perf_counter()
+
+    def restore_unwritten(self) -> list[_Unwritten]:
+        """A resumed run's rows that were not written yet: their evaluations start again from the saved
+        models; their communication figures are lost (blank)."""
+        unwritten = []
+        for pending in self.resumed["pending"]:
+            entry = _Unwritten(pending["row"], evaluated=pending["model"] is not None, reports_in=True)
+            if entry.evaluated:
+                entry.model = self.evaluator.submit(entry.row["round"], pending["model"])
+            unwritten.append(entry)
+        return unwritten
+
+    def checkpoint(self, round_index: int, unwritten: list[_Unwritten]) -> None:
+        """checkpoint.pt after this round: the server update, the rows, and the rows still waiting with the
+        models they wait to evaluate (Utils/checkpoint.py)."""
+        pending = [{"row": entry.row, "model": entry.model if entry.evaluated else None} for entry in unwritten]
+        self.checkpoints.submit({"round": round_index, "update": self.update.state_dict(),
+                                 "rows": list(self.writer.rows), "pending": pending, "startup_s": self.startup_s,
+                                 "options": checkpoint_options(asdict(self.cfg))})
 
     def run(self) -> dict:
         cfg = self.cfg
-        self.broadcast(stop=False)   # G_0
-        self.startup_s = time.time() - self.launched
-        log.info("start-up %.1f s (launch to G_0 sent)", self.startup_s)
-        unwritten: list[_Unwritten] = []   # rows waiting for their communication figures or their evaluation
+        self.send_start()
+        if self.resumed is None:
+            self.startup_s = time.time() - self.launched
+            log.info("start-up %.1f s (launch to G_0 sent)", self.startup_s)
+        else:   # wall_s goes on from the last saved round; start-up stays the run's first
+            log.info("resumed after round %d in %.1f s", self.first_round - 1, time.time() - self.launched)
+            self.startup_s = self.resumed["startup_s"]
+            last_row = (self.resumed["rows"] + [pending["row"] for pending in self.resumed["pending"]])[-1]
+            self.launched = time.time() - last_row["wall_s"]
+        # rows waiting for their communication figures or their evaluation
+        unwritten: list[_Unwritten] = [] if self.resumed is None else self.restore_unwritten()
         stopping = False
-        progress = tqdm(total=cfg.max_epoch, desc="rounds", unit="round", disable=None, leave=False)
-        for round_index in range(1, cfg.max_epoch + 1):
-            moments, reports, diverged = self.receive()
+        progress = tqdm(total=cfg.max_epoch, initial=self.first_round - 1, desc="rounds", unit="round",
+                        disable=None, leave=False)
+        for round_index in range(self.first_round, cfg.max_epoch + 1):
+            act_out(injected_fault(transport.SERVER_RANK, round_index - 1), "train")
+            moments, reports, diverged = self.receive(round_index)
             if unwritten:   # these uploads carry the communication figures of the last round
                 unwritten[-1].reports, unwritten[-1].reports_in = reports, True
             if diverged is None:
@@ -97,15 +148,18 @@ class _Server:
             if diverged is not None:
                 self.broadcast(stop=True)   # the clients end cleanly, so that the server's line names the cause
                 self.write_finished(unwritten, wait=True)   # the rounds before are good: keep their rows
+                self.checkpoints.wait()                       # and the last good round's checkpoint
                 raise Diverged(f"round {round_index}: {diverged}")
             # Decided on G_{r-1}, announced with G_r: the clients are already training the next round.
             stopping = self.early_stop_decided(round_index - 1, unwritten)
             row = self.broadcast(stop=stopping, round_index=round_index, reports=reports)
             evaluated = self.evaluation_due(round_index, stopping)
+            entry = _Unwritten(row, evaluated)
             if evaluated:
-                self.evaluator.submit(round_index, self.update.current)
-            unwritten.append(_Unwritten(row, evaluated))
+                entry.model = self.evaluator.submit(round_index, self.update.current)
+            unwritten.append(entry)
             self.write_finished(unwritten)
+            self.checkpoint(round_index, unwritten)
             progress.update(1)
             if stopping:
                 break
@@ -114,6 +168,8 @@ class _Server:
         unwritten[-1].reports_in = True
         rounds_done = time.time()
         self.write_finished(unwritten, wait=True)
+        self.checkpoint(round_index, unwritten)   # every row written: nothing pending
+        self.checkpoints.wait()
         if self.evaluator is not None:
             self.evaluator.close()
             if time.time() - rounds_done > 1.0:
@@ -139,12 +195,13 @@ class _Server:
         staging.write_text(json.dumps(content, indent=2) + "\n")
         staging.replace(self.out_dir / "summary.json")   # a reader never sees half a file
 
-    def receive(self) -> tuple[StreamingMoments, list[RoundReport], str | None]:
+    def receive(self, round_index: int) -> tuple[StreamingMoments, list[RoundReport], str | None]:
         """Every client's upload, in fixed client order, folded into the update's running sums; and what
         diverged, if an upload is not finite (all are received even then, so that no client is left sending)."""
         moments, reports, diverged = self.update.new_round(), [], None
         for client, weight in zip(self.clients, self.weights, strict=True):
-            transport.recv(self.upload, client)
+            transport.recv(self.upload, client, timeout_s=self.deadline.seconds,
+                           waiting_for=f" (the server was waiting for client {client}'s upload of round {round_index})")
             local, report = transport.unpack_upload(self.upload, self.model_numel)
             if diverged is None and not (math.isfinite(report.train_loss) and torch.isfinite(local).all()):
                 diverged = (f"client {client}'s model is not finite (its training loss: {report.train_loss:.4g}); "
@@ -155,8 +212,11 @@ class _Server:
 
     def broadcast(self, *, stop: bool, round_index: int = 0, reports: list[RoundReport] = ()) -> dict:
         """Send the current global model and the continue/stop flag; return the round's first figures."""
-        bytes_down = transport.send_to_all(transport.pack_download(self.update.current, stop), self.clients)
+        bytes_down = transport.send_to_all(transport.pack_download(self.update.current, stop), self.clients,
+                                           self.deadline.seconds)
         now = time.perf_counter()
+        if reports:
+            self.deadline.observe(now - self.last_sent)
         row = {"round": round_index, "round_s": now - self.last_sent, "wall_s": time.time() - self.launched,
                "train_loss": _mean([r.train_loss for r in reports], self.weights) if reports else math.nan,
                "train_s": _mean([r.train_s for r in reports]) if reports else math.nan,
@@ -206,7 +266,8 @@ class _Server:
         message = torch.empty(len(transport.REPORT_FIELDS))
         reports = []
         for client in self.clients:
-            transport.recv(message, client)
+            transport.recv(message, client, timeout_s=self.deadline.seconds,
+                           waiting_for=f" (the server was waiting for client {client}'s last report)")
             reports.append(RoundReport.from_tensor(message))
         return reports
 
@@ -233,6 +294,12 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
     log.info("server resident memory %.1f MB after loading (peak %.1f MB)", resident_mb("VmRSS"), resident_mb())
     reset_peak_resident()
     return server.run()
+
+
+def _best(values: list, metric: str) -> float | None:
+    """The best of a metric's values (accuracy highest, perplexity lowest), None where there is none."""
+    scored = [v for v in values if isinstance(v, float) and math.isfinite(v)]
+    return (max if higher_is_better(metric) else min)(scored) if scored else None
 
 
 def _summary(cfg: RunConfig, figures: dict, metric: str, wall_s: float, stopped: bool) -> dict:

@@ -205,6 +205,32 @@ class ServerUpdate:
         self.num_updates += 1
         return self._w
 
+    def state_dict(self) -> dict:
+        """Everything the next updates depend on, as tensors and numbers (copies): w, prev, the momentum
+        buffer, the secant form's last g and prev, the update count. load_state_dict restores it exactly."""
+        buffer = self._optimizer.state.get(self._optimizer.param_groups[0]["params"][0], {}).get("momentum_buffer")
+        def copy(tensor: Tensor | None) -> Tensor | None:
+            return None if tensor is None else tensor.detach().clone()
+        return {"current": copy(self._w), "prev": copy(self._prev), "momentum_buffer": copy(buffer),
+                "last_pseudo_grad": copy(self._last_pseudo_grad), "last_start": copy(self._last_start),
+                "num_updates": self.num_updates, "last_comp_coef": self.last_comp_coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a state_dict() of an update with the same settings and model size; ValueError else."""
+        if state["current"].shape != self._w.shape:
+            raise ValueError(f"the saved model has {state['current'].numel():,} numbers, this one "
+                             f"{self._w.numel():,}: it is another model")
+        if (state["prev"] is not None) != self.stale:
+            raise ValueError("the saved update is " + ("Overlap-FedAvg's" if state["prev"] is not None else
+                                                       "FedAvg's") + ", this one is not")
+        self._w.copy_(state["current"])   # in place: the optimizer holds a view of w
+        self._prev = None if state["prev"] is None else state["prev"].clone()
+        param = self._optimizer.param_groups[0]["params"][0]
+        if state["momentum_buffer"] is not None:
+            self._optimizer.state[param]["momentum_buffer"] = state["momentum_buffer"].clone()
+        self._last_pseudo_grad, self._last_start = state["last_pseudo_grad"], state["last_start"]
+        self.num_updates, self.last_comp_coef = state["num_updates"], state["last_comp_coef"]
+
     def _coefficient(self, start: Tensor, avg: Tensor, spread: Tensor) -> Tensor | float:
         if self.compensation not in ADAPTIVE_COMPENSATIONS:
             return compensation_coefficient(self.compensation, spread, self.lambd, self.comp_coef)

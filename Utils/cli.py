@@ -6,9 +6,13 @@ Bad values stop at the parser with a one-line message and exit status 2 (parser.
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 from dataclasses import Field, fields
+from pathlib import Path
 
 from Networks import check_model_fits
+from Utils.checkpoint import PROCESS_OPTIONS, RESUMABLE_CHANGES
 from Utils.config import ASYNC, RunConfig, SearchConfig
 from Utils.datasets import dataset_is_text, image_shape
 
@@ -68,12 +72,16 @@ def _argument(option: Field, script: str) -> tuple[str, dict]:
                                                 "help": help_text.replace("%", "%%"), **settings}
 
 
-def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunConfig:
-    """The run's options from the parsed command line, after the checks that span several options.
+def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
+               argv: list[str] | None = None) -> RunConfig:
+    """The run's options from the parsed command line (argv: None for sys.argv), after the checks that span
+    several options; with --resume, the saved options of that run.
 
     A grid option gives the run its first value (search_config holds them all); options the script does not
     take keep the field defaults (FedAvg: plain averaging).
     """
+    if args.resume is not None:
+        return _resumed_config(parser, args, argv)
     _check_run(parser, args)
     values = {}
     for option in _options(RunConfig, args.script):
@@ -87,12 +95,71 @@ def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Run
 
 
 def search_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SearchConfig:
-    """How to run several jobs: every grid option's values, or the optuna search; after its checks."""
+    """How to run several jobs: every grid option's values, or the optuna search; after its checks.
+    A resumed run is one run with its saved options: no grid."""
     values = {f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v
               for f in _options(SearchConfig, args.script)}
+    if args.resume is not None:
+        if values.get("optuna"):
+            parser.error("--resume continues one run; it cannot be combined with --optuna")
+        return SearchConfig(grid={}, **values)
     search = SearchConfig(grid={f.name: tuple(getattr(args, f.name)) for f in _grid_options(args.script)}, **values)
     _check_search(parser, search)
     return search
+
+
+def _resumed_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> RunConfig:
+    """The saved options of the run in --resume RUN_DIR, with the changes a resume allows (RESUMABLE_CHANGES);
+    any other option given with another value than the run's is refused, naming it."""
+    run_dir = Path(args.resume)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        parser.error(f"--resume {run_dir}: there is no config.json; give a run directory that {args.script}.py wrote")
+    try:
+        saved = json.loads(config_path.read_text())
+        if saved.get("script") != args.script:
+            parser.error(f"--resume {run_dir}: that run was made by {saved.get('script')}.py; resume it with "
+                         f"that script")
+        given = _given_options(parser, argv)
+        changed = [name for name, value in given.items()
+                   if name not in RESUMABLE_CHANGES and name in saved and _as_saved(value) != saved[name]]
+        if changed:
+            shown = ", ".join(f"--{name} {_shown(given[name])} (the run has {_shown(saved[name])})" for name in changed)
+            parser.error(f"--resume {run_dir}: {shown} would change the result; a resumed run keeps its options "
+                         f"(only --max_epoch and where or how the processes run may change)")
+        if "out_dir" in given and Path(given["out_dir"]).resolve() != run_dir.resolve():
+            parser.error(f"--resume {run_dir} continues the run in that directory; drop --out_dir")
+        values = {f.name: saved[f.name] for f in fields(RunConfig) if f.name in saved}
+        values.update({name: value for name, value in given.items() if name in RESUMABLE_CHANGES})
+        # Where and how the processes run is the new job's, as for any job: not the saved port, say.
+        values.update({name: getattr(args, name) for name in PROCESS_OPTIONS})
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return RunConfig(**{**values, "out_dir": str(run_dir), "resume": str(run_dir), "launch_time": None})
+    except (OSError, ValueError, TypeError) as error:
+        parser.error(f"--resume {run_dir}: config.json cannot be used ({error}); is it a run directory of this "
+                     f"project?")
+
+
+def _given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
+    """The options given on the command line (defaults left out), by destination name."""
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    quiet.set_defaults(script=argparse.SUPPRESS)
+    given = vars(quiet.parse_args(argv))
+    given.pop("script", None)
+    return given
+
+
+def _as_saved(value):
+    """A parsed option as config.json holds it: a grid option's single value, tuples as lists."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -137,6 +137,9 @@ class RunConfig:
     test_samples: int | None = option(None,
         "evaluate on a fixed subset of this many test samples (text: a span of N tokens), drawn once with "
         "--seed, for quick runs (default: the whole test set)", type=positive_int)
+    resume: str | None = option(None,
+        "continue the run in RUN_DIR from its last complete round, with its saved options (only --max_epoch "
+        "to extend it, and where or how the processes run, may change; see docs/resume.md)", metavar="RUN_DIR")
     timeout: float = option(1800.0, "seconds any rank waits for a peer before declaring it dead", type=positive_float)
     threads: int = option(1, "intra-op threads per process on the CPU", type=positive_int)
     # The server update. The defaults are a plain step (mu 0, server_lr 1): FedAvg's average, and for

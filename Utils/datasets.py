@@ -186,8 +186,15 @@ def dataset_size(name: str, data_dir: str | Path) -> DatasetSize:
         spec = TEXT_SPECS[name]
         counts, vocab = [], {EOS}
         for file in spec.files:
-            text = (root / spec.folder / file).read_text(encoding="utf8")
+            path = root / spec.folder / file
+            fix = f"delete it and run `python prepare_data.py --dataset {name}`"
+            try:
+                text = path.read_text(encoding="utf8")
+            except UnicodeDecodeError as exc:
+                raise DatasetCorruptError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); {fix}") from exc
             words = text.split()
+            if not words:
+                raise DatasetCorruptError(f"{path}: empty text file (no words); {fix}")
             counts.append(len(words) + text.count("\n"))   # each line ends with <eos>
             vocab.update(words)
         return DatasetSize(counts[0], counts[2], len(vocab), 1)

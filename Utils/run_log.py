@@ -5,6 +5,7 @@ import csv
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -47,15 +48,20 @@ def higher_is_better(metric: str) -> bool:
 
 
 class MetricsWriter:
-    """Appends one row per round to metrics.csv and flushes it, so a crashed run keeps its rows."""
+    """Appends one row per round to metrics.csv and flushes it, so a crashed run keeps its rows.
+    `rows`: the rows a resumed run keeps; the file is rewritten with exactly those first (atomically)."""
 
-    def __init__(self, path: Path, metric: str):
+    def __init__(self, path: Path, metric: str, rows: Sequence[dict] = ()):
         self.columns = [c.format(metric=metric) for c in METRIC_COLUMNS]
-        self._file = path.open("w", newline="")
+        staging = path.with_name(path.name + ".tmp")
+        with staging.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows({c: _format(row.get(c)) for c in self.columns} for row in rows)
+        staging.replace(path)
+        self._file = path.open("a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
-        self._writer.writeheader()
-        self._file.flush()
-        self.rows: list[dict] = []
+        self.rows: list[dict] = list(rows)
 
     def write(self, row: dict) -> None:
         self._writer.writerow({c: _format(row.get(c)) for c in self.columns})

@@ -4,6 +4,8 @@ Star topology (DESIGN §2): rank 0 is the server, ranks 1..N are clients, and ev
 float32 tensor sent point to point. The message format lives here and nowhere else:
 
     upload    the client's model, then its RoundReport (REPORT_FIELDS)        upload_size(numel)
+    start     the model the first round trains from, then that round's index  download_size(numel)
+              (0, or where a resumed run continues); always the first download
     download  the global model, then one flag: CONTINUE or STOP               download_size(numel)
     report    a RoundReport alone: a client's last job, after the final download
 
@@ -146,6 +148,15 @@ def unpack_download(message: torch.Tensor, model_numel: int) -> tuple[torch.Tens
     return message[:model_numel], message[model_numel].item() == STOP
 
 
+def pack_start(model_flat: torch.Tensor, first_round: int) -> torch.Tensor:
+    return torch.cat([model_flat, torch.tensor([float(first_round)])])   # exact in float32 below 2**24
+
+
+def unpack_start(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, int]:
+    """The start message's model part (a view) and the 0-based index of the first round to train."""
+    return message[:model_numel], int(message[model_numel].item())
+
+
 # ----------------------------------------------------------------------------------------------------
 # Emulated client link
 
@@ -164,12 +175,37 @@ class Link:
         return seconds
 
 
-def _peer_call(what: str, peer: int, call: Callable[[], Any]) -> Any:
+@dataclass
+class HangDeadline:
+    """How long to wait for a peer before declaring it hung: --timeout until a round has been seen (start-up
+    and a first round can be long), then `factor` times the longest round so far, at least `floor_s`, at
+    most --timeout. A peer stopped without dying is then noticed in minutes, not after --timeout."""
+    timeout_s: float
+    factor: float = 5.0
+    floor_s: float = 300.0
+    longest_round_s: float | None = None
+
+    def observe(self, round_s: float) -> None:
+        self.longest_round_s = max(self.longest_round_s or 0.0, round_s)
+
+    @property
+    def seconds(self) -> float:
+        if self.longest_round_s is None:
+            return self.timeout_s
+        return min(self.timeout_s, max(self.floor_s, self.factor * self.longest_round_s))
+
+
+def _peer_call(what: str, peer: int, call: Callable[[], Any], waiting_for: str = "",
+               timeout_s: float | None = None) -> Any:
     try:
         return call()
     except Exception as error:  # noqa: BLE001 - gloo raises plain RuntimeErrors; name the peer
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise PeerFailure(f"{what} rank {peer} failed (crashed, hung or timed out?): {first_line}") from error
+        if timeout_s is not None and "timed out" in first_line.lower():
+            raise PeerFailure(f"rank {peer} did not answer for {timeout_s:.0f} s{waiting_for}: it hung, stopped or "
+                              f"lost its network") from error
+        raise PeerFailure(f"{what} rank {peer} failed (crashed, hung or timed out?){waiting_for}: "
+                          f"{first_line}") from error
 
 
 def send(tensor: torch.Tensor, dst: int, link: Link = Link()) -> int:
@@ -183,10 +219,16 @@ def send(tensor: torch.Tensor, dst: int, link: Link = Link()) -> int:
     return num_bytes
 
 
-def recv(buffer: torch.Tensor, src: int, link: Link = Link()) -> int:
-    """Blocking receive into buffer; with an emulated link it is handed over after the link's delay."""
+def recv(buffer: torch.Tensor, src: int, link: Link = Link(), timeout_s: float | None = None,
+         waiting_for: str = "") -> int:
+    """Blocking receive into buffer; with an emulated link it is handed over after the link's delay.
+    timeout_s: give up sooner than the process group's timeout; waiting_for: what for, for the error."""
     staged = buffer if _nccl_device is None else torch.empty_like(buffer, device=_nccl_device)
-    _peer_call("receiving from", src, lambda: dist.recv(staged, src))
+    if timeout_s is None:
+        _peer_call("receiving from", src, lambda: dist.recv(staged, src), waiting_for)
+    else:
+        _peer_call("receiving from", src, lambda: dist.irecv(staged, src).wait(timeout=timedelta(seconds=timeout_s)),
+                   waiting_for, timeout_s)
     if staged is not buffer:
         buffer.copy_(staged)
     num_bytes = buffer.numel() * buffer.element_size()
@@ -196,12 +238,16 @@ def recv(buffer: torch.Tensor, src: int, link: Link = Link()) -> int:
     return num_bytes
 
 
-def send_to_all(tensor: torch.Tensor, destinations: list[int]) -> int:
+def send_to_all(tensor: torch.Tensor, destinations: list[int], timeout_s: float | None = None) -> int:
     """The server's broadcast over the star: one point-to-point send per client, all in flight at once."""
     staged = tensor if _nccl_device is None else tensor.to(_nccl_device)
     works = [(dst, dist.isend(staged, dst)) for dst in destinations]
     for dst, work in works:
-        _peer_call("sending to", dst, work.wait)
+        if timeout_s is None:
+            _peer_call("sending to", dst, work.wait)
+        else:
+            _peer_call("sending to", dst, lambda work=work: work.wait(timeout=timedelta(seconds=timeout_s)),
+                       " (the server was sending it the global model)", timeout_s)
     return len(destinations) * tensor.numel() * tensor.element_size()
 
 
@@ -219,9 +265,10 @@ class Job:
         self.error: BaseException | None = None
         self.seconds = 0.0  # how long the work itself ran
 
-    def wait(self, timeout_s: float) -> Any:
+    def wait(self, timeout_s: float, waiting_for: str = "") -> Any:
         if not self.done.wait(timeout_s):
-            raise PeerFailure(f"communication job did not finish within {timeout_s:.0f} s")
+            raise PeerFailure(f"no answer for {timeout_s:.0f} s{waiting_for}: the server, or a client it waits "
+                              f"for, hung, stopped or lost its network")
         if self.error is not None:
             raise self.error
         return self.result
@@ -262,5 +309,9 @@ class CommThread:
 def environment_rank() -> tuple[int, int] | None:
     """(rank, world_size) when this process was started as one rank of a job (torchrun or env vars)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        try:
+            return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        except ValueError:
+            raise ValueError(f"RANK={os.environ['RANK']} WORLD_SIZE={os.environ['WORLD_SIZE']}: both must be whole "
+                             f"numbers (RANK 0 is the server)") from None
     return None

@@ -86,7 +86,7 @@ FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, dataset="mn
                        batch_size=32, max_epoch=10, client_epoch=5, lr=0.01, seed=2020, partition="noniid",
                        alpha=0.5, data_dir="./data", out_dir=None, gpus=None, backend="gloo",
                        master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, eval_every=1,
-                       max_train_samples=None, test_samples=None, timeout=1800.0, threads=1, mom=0.0,
+                       max_train_samples=None, resume=None, test_samples=None, timeout=1800.0, threads=1, mom=0.0,
                        server_lr=1.0, lambd=0.0, compensation="none", comp_coef=0.5, early_stop=None, launch_time=None)
 ASYNC_DEFAULTS = {**FEDAVG_DEFAULTS, "script": "AsyncFedAvg", "overlap": True, "lambd": 0.04,
                   "compensation": "secant"}

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import ROOT
-from helpers_e2e import QUICK_MNIST, job_env, processes_with_tag, run_job, wait_until_gone
+from helpers_e2e import QUICK_MNIST, job_env, processes_with_tag, read_metrics, run_job, wait_until_gone
 
 from Utils.transport import free_port
 
@@ -117,3 +117,35 @@ def test_a_dead_peer_ends_a_job_started_rank_by_rank(mnist_root, tmp_path):
     assert all(p.returncode != 0 for p in procs), [p.returncode for p in procs]
     assert "rank 2" in outputs[0][1], outputs[0][1][-2000:]   # the server names the rank it lost
     assert wait_until_gone(env_base["OVERLAP_FEDAVG_TEST_TAG"]) == []
+
+
+@pytest.mark.parametrize(("script", "fault", "names"), [
+    ("AsyncFedAvg.py", "2:2:kill", "rank 2 died (signal SIGKILL)"),               # while training
+    ("FedAvg.py", "1:2:kill-upload", "rank 1 died (signal SIGKILL)"),             # while uploading
+    ("AsyncFedAvg.py", "2:2:kill-download", "rank 2 died (signal SIGKILL)"),      # while downloading
+    ("FedAvg.py", "0:3:kill", "rank 0 died (signal SIGKILL)"),                    # the server
+    ("AsyncFedAvg.py", "2:3:stop", "rank 0 failed: rank 2 did not answer for 20 s (the "
+                                   "server was waiting for client 2's upload"),  # hung
+], ids=["client-training", "client-uploading", "client-downloading", "server", "client-stopped"])
+def test_a_fault_ends_the_job_in_one_line_and_the_checkpoint_resumes(script, fault, names, mnist_root, tmp_path):
+    """Every rank ends, one line names the failed rank and what it was doing, and the last checkpoint resumes
+    to the uninterrupted run's metrics. A stopped rank is noticed within --timeout (20 s here)."""
+    env = job_env(OVERLAP_FEDAVG_FAULT=fault)
+    run = tmp_path / "run"
+    options = [a for a in QUICK_MNIST if a not in ("--timeout", "60")] + ["--timeout", "20", "--max_epoch", "4"]
+    started = time.monotonic()
+    failed = run_job(script, *options, out_dir=run, data_dir=mnist_root, env=env, timeout=120)
+    assert failed.returncode == 1
+    errors = [line for line in failed.stderr.splitlines() if "[launcher] ERROR" in line]
+    assert len(errors) == 1 and names in errors[0], failed.stderr[-2000:]
+    assert "Traceback" not in failed.stderr
+    assert time.monotonic() - started < 60
+    assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
+    if fault.endswith(":stop"):   # one resume is enough to show the checkpoint survives a fault
+        resumed = run_job(script, "--resume", str(run), "--master_port", "0", out_dir=run, data_dir=mnist_root)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        reference = run_job(script, *options, out_dir=tmp_path / "reference", data_dir=mnist_root)
+        assert reference.returncode == 0
+        timing = ("round_s", "train_s", "comm_wait_s", "comm_s", "wall_s", "eval_s")
+        assert ([{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run)] ==
+                [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(tmp_path / "reference")])

@@ -1,0 +1,110 @@
+"""The run directory's checkpoint: what the server needs to continue a run exactly (--resume RUN_DIR).
+
+checkpoint.pt holds the server update's state (Utils.aggregation.ServerUpdate.state_dict: the global model,
+the model the next uploads start from, the momentum buffer, the secant form's last update), the round it
+was taken after, the metrics rows up to that round, the start-up time, and the options that decide the
+result, to refuse a checkpoint of another run. Clients need nothing saved: every random choice of a round
+derives from (seed, rank, round, epoch), and the server sends them the models they train from.
+
+It is written atomically (a temporary file, flushed to disk, then renamed over the previous one), so a
+crash at any moment leaves the last complete checkpoint, and it loads with torch.load(weights_only=True):
+only tensors, numbers and strings, nothing unpickled that could run code.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = 1
+
+# Options that may differ when a run is resumed: where and how the processes run, how long they wait (these
+# come from the new command line, as for any job), and, kept from the run unless given: the emulated link
+# (time only), where the data is, and how many rounds there are (a finished run can be extended).
+PROCESS_OPTIONS = frozenset({"gpus", "backend", "master_addr", "master_port", "timeout", "threads"})
+RESUMABLE_CHANGES = PROCESS_OPTIONS | {"max_epoch", "data_dir", "bandwidth", "latency", "resume", "out_dir",
+                                       "launch_time"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or of another run: one line saying which and why."""
+
+
+def result_options(config: dict) -> dict:
+    """The options of a config (RunConfig as a dict) that decide the numbers a run produces."""
+    return {name: value for name, value in sorted(config.items()) if name not in RESUMABLE_CHANGES}
+
+
+def write_checkpoint(run_dir: Path, state: dict) -> None:
+    """Write checkpoint.pt atomically: the previous one stays until the new one is complete on disk."""
+    staging = run_dir / (CHECKPOINT_NAME + ".tmp")
+    with staging.open("wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    staging.replace(run_dir / CHECKPOINT_NAME)
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a thread of its own, so that the disk is off the server's critical path. One
+    write at a time: a new checkpoint waits for the previous one to finish (at most two states in memory)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, state: dict) -> None:
+        """Write `state` (not to be modified afterwards) once the previous write is done."""
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(state,), name="checkpoint", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Wait for the write in flight; raise what it raised (a full disk, say)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise OSError(f"writing {self.run_dir / CHECKPOINT_NAME} failed: {error}") from error
+
+    def _write(self, state: dict) -> None:
+        try:
+            write_checkpoint(self.run_dir, state)
+        except BaseException as error:  # noqa: BLE001 - handed to the server thread by wait()
+            self._error = error
+
+
+def read_checkpoint(run_dir: Path, config: dict) -> dict:
+    """The checkpoint of the run in run_dir, checked against its config (RunConfig as a dict)."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist: the run stopped before its first round was complete; "
+                              f"start it again in a new --out_dir")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise CheckpointError(f"{path} cannot be read ({str(error).strip().splitlines()[0][:120]}); it is "
+                              f"damaged or not a checkpoint of this project") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project's format {FORMAT}")
+    saved, expected = state.get("options"), _comparable(result_options(config))
+    if saved != expected:
+        differing = sorted(k for k in set(saved or {}) | set(expected) if (saved or {}).get(k) != expected.get(k))
+        raise CheckpointError(f"{path} belongs to another run: {', '.join(differing[:5])} differ from "
+                              f"{run_dir / 'config.json'}")
+    return state
+
+
+def checkpoint_options(config: dict) -> dict:
+    """What a checkpoint stores to recognise its run (compared by read_checkpoint)."""
+    return _comparable(result_options(config))
+
+
+def _comparable(options: dict) -> dict:
+    """JSON and torch.save round trips turn tuples into lists: compare lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
