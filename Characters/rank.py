@@ -1,8 +1,11 @@
 """What every process of a job runs: join the group, load data and model, then act as server or client."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -11,6 +14,7 @@ from Characters.client import run_client
 from Characters.server import run_server
 from Networks import build_model, describe_model
 from Utils import transport
+from Utils.checkpoint import result_options
 from Utils.config import RunConfig
 from Utils.datasets import load_dataset, unverified_note
 from Utils.flat import model_size
@@ -29,6 +33,13 @@ def pick_device(cfg: RunConfig, rank: int) -> torch.device:
         return torch.device("cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     return torch.device(f"cuda:{cfg.gpus[local_rank % len(cfg.gpus)]}")
+
+
+def job_fingerprint(cfg: RunConfig, model_numel: int) -> bytes:
+    """8 bytes that differ when two ranks would not compute the same run: the options that decide the result
+    (Utils.checkpoint.result_options) and the model size."""
+    options = result_options({**asdict(cfg), "model_numel": model_numel})
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).digest()[:8]
 
 
 def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> dict | None:
@@ -55,7 +66,9 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
         torch.manual_seed(cfg.seed)   # G_0 is the seeded initial model; clients receive it from the server
         model = build_model(cfg.model, num_classes, **shape).to(device)
         shards = client_shards(data, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
+        fingerprint = job_fingerprint(cfg, model_size(model))
         if rank == transport.SERVER_RANK:
+            transport.check_clients(fingerprint, list(range(1, cfg.world_size)), cfg.timeout)
             note = unverified_note(cfg.dataset, cfg.data_dir)   # here: once per job, not once per rank
             if note:
                 log.info("%s", note)
@@ -65,6 +78,7 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
         trainer = LocalTrainer(model, data, shards[rank - 1], batch_size=cfg.batch_size, lr=cfg.lr,
                                epochs=cfg.client_epoch, seed=cfg.seed, rank=rank)
         del data, shards   # a client keeps only its own shard (the trainer's copy), not the whole set
+        transport.send(transport.hello_message(fingerprint), transport.SERVER_RANK)
         run_client(cfg, rank, trainer, model_size(model))
         return None
     except Exception as error:

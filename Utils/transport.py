@@ -8,6 +8,8 @@ float32 tensor sent point to point. The message format lives here and nowhere el
               (0, or where a resumed run continues); always the first download
     download  the global model, then one flag: CONTINUE or STOP               download_size(numel)
     report    a RoundReport alone: a client's last job, after the final download
+    hello     a client's fingerprint (HELLO_SIZE numbers), first of all: the server refuses a client whose
+              options or model differ from its own, before any model of another size is sent
 
 Nothing is ever unpickled from the network.
 
@@ -122,6 +124,30 @@ class RoundReport:
 REPORT_FIELDS = tuple(f.name for f in fields(RoundReport))
 
 
+HELLO_SIZE = 5   # protocol version, then a 64-bit fingerprint as four 16-bit numbers (exact in float32)
+PROTOCOL_VERSION = 1.0
+
+
+def hello_message(fingerprint: bytes) -> torch.Tensor:
+    """What a client sends first: the protocol version and 8 bytes that identify its options and model."""
+    halves = [int.from_bytes(fingerprint[i:i + 2], "big") for i in range(0, 8, 2)]
+    return torch.tensor([PROTOCOL_VERSION, *halves], dtype=torch.float32)
+
+
+def check_clients(fingerprint: bytes, clients: list[int], timeout_s: float) -> None:
+    """The server: every client's hello must match its own; a clear error naming the first that does not."""
+    expected, message = hello_message(fingerprint), torch.empty(HELLO_SIZE)
+    for client in clients:
+        recv(message, client, timeout_s=timeout_s, waiting_for=f" (the server was waiting for client {client} "
+                                                               f"to join)")
+        if message[0].item() != PROTOCOL_VERSION:
+            raise PeerFailure(f"client {client} speaks protocol {message[0].item():g}, the server "
+                              f"{PROTOCOL_VERSION:g}: run the same version of this project on every machine")
+        if not torch.equal(message, expected):
+            raise PeerFailure(f"client {client} runs with other options or another model than the server: give "
+                              f"every rank the same options (and the same data)")
+
+
 def upload_size(model_numel: int) -> int:
     return model_numel + len(REPORT_FIELDS)
 
@@ -144,8 +170,17 @@ def pack_download(model_flat: torch.Tensor, stop: bool) -> torch.Tensor:
 
 
 def unpack_download(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, bool]:
-    """A download's model part (a view) and whether the run stops."""
-    return message[:model_numel], message[model_numel].item() == STOP
+    """A download's model part (a view) and whether the run stops; PeerFailure for a malformed one."""
+    flag = message[model_numel].item()
+    if flag not in (CONTINUE, STOP):
+        raise PeerFailure(f"the server sent a malformed download (flag {flag!r}, expected {CONTINUE} or {STOP})")
+    return _finite(message[:model_numel]), flag == STOP
+
+
+def _finite(model_flat: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(model_flat).all():
+        raise PeerFailure("the server sent a global model that is not finite")
+    return model_flat
 
 
 def pack_start(model_flat: torch.Tensor, first_round: int) -> torch.Tensor:
@@ -154,7 +189,10 @@ def pack_start(model_flat: torch.Tensor, first_round: int) -> torch.Tensor:
 
 def unpack_start(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, int]:
     """The start message's model part (a view) and the 0-based index of the first round to train."""
-    return message[:model_numel], int(message[model_numel].item())
+    first_round = message[model_numel].item()
+    if first_round != int(first_round) or first_round < 0:
+        raise PeerFailure(f"the server sent a malformed start (round {first_round!r})")
+    return _finite(message[:model_numel]), int(first_round)
 
 
 # ----------------------------------------------------------------------------------------------------

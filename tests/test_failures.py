@@ -149,3 +149,23 @@ def test_a_fault_ends_the_job_in_one_line_and_the_checkpoint_resumes(script, fau
         timing = ("round_s", "train_s", "comm_wait_s", "comm_s", "wall_s", "eval_s")
         assert ([{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run)] ==
                 [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(tmp_path / "reference")])
+
+
+def test_a_client_with_other_options_is_refused_before_any_model_is_sent(mnist_root, tmp_path):
+    """Several machines: a client started with another --lr would compute another run; the server says so."""
+    port = str(free_port())
+    env_base = job_env()
+    args = [a for a in QUICK_MNIST if a not in ("--master_port", "0", "--timeout", "60")] + ["--timeout", "20"]
+    procs = []
+    for rank in range(3):
+        env = {**env_base, "RANK": str(rank), "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        lr = ["--lr", "0.05"] if rank == 2 else []
+        procs.append(subprocess.Popen([sys.executable, "FedAvg.py", *args, *lr, "--max_epoch", "2",
+                                       "--out_dir", str(tmp_path / f"run{rank}"), "--data_dir", str(mnist_root)],
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode != 0 for p in procs), [p.returncode for p in procs]
+    last = outputs[0][1].strip().splitlines()[-1]
+    assert "client 2 runs with other options or another model than the server" in last, outputs[0][1][-2000:]
+    assert "Traceback" not in outputs[0][1]
+    assert wait_until_gone(env_base["OVERLAP_FEDAVG_TEST_TAG"]) == []

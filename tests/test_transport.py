@@ -95,7 +95,7 @@ def test_comm_thread_exception_is_reraised_in_the_waiter():
 def test_a_job_that_never_finishes_times_out():
     comm = transport.CommThread()
     job = comm.submit(lambda: time.sleep(2))
-    with pytest.raises(transport.PeerFailure, match="did not finish within"):
+    with pytest.raises(transport.PeerFailure, match="no answer for 0 s"):
         job.wait(0.1)
     comm.close()
 
@@ -106,3 +106,32 @@ def test_port_checks():
         busy.listen()
         assert not transport.port_is_free("", busy.getsockname()[1])
     assert transport.port_is_free("", transport.free_port())
+
+
+def test_a_malformed_or_non_finite_download_is_refused():
+    model = torch.ones(3)
+    assert transport.unpack_download(transport.pack_download(model, stop=True), 3)[1] is True
+    bad_flag = torch.cat([model, torch.tensor([0.5])])
+    with pytest.raises(transport.PeerFailure, match="malformed download"):
+        transport.unpack_download(bad_flag, 3)
+    with pytest.raises(transport.PeerFailure, match="not finite"):
+        transport.unpack_download(transport.pack_download(torch.tensor([1.0, float("nan"), 1.0]), False), 3)
+    assert transport.unpack_start(transport.pack_start(model, 7), 3)[1] == 7
+    with pytest.raises(transport.PeerFailure, match="malformed start"):
+        transport.unpack_start(torch.cat([model, torch.tensor([1.5])]), 3)
+
+
+def test_the_hang_deadline_is_timeout_then_several_rounds_with_a_floor():
+    deadline = transport.HangDeadline(timeout_s=1800.0)
+    assert deadline.seconds == 1800.0            # no round seen: start-up and a first round can be long
+    deadline.observe(10.0)
+    assert deadline.seconds == 300.0             # 5 x 10 s is below the floor
+    deadline.observe(100.0)
+    deadline.observe(20.0)
+    assert deadline.seconds == 500.0             # 5 x the longest round
+    assert transport.HangDeadline(timeout_s=60.0, longest_round_s=100.0).seconds == 60.0   # never past --timeout
+
+
+def test_the_hello_tells_fingerprints_apart():
+    one, other = transport.hello_message(b"\x00\x01\x02\x03\x04\x05\x06\x07"), transport.hello_message(b"\xff" * 8)
+    assert one.tolist() == [1.0, 1.0, 515.0, 1029.0, 1543.0] and not torch.equal(one, other)
