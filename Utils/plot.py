@@ -27,6 +27,8 @@ class RunCurve:
     rounds: list[int]
     wall_s: list[float]
     values: list[float]   # accuracy in %, or perplexity
+    style: str = "-"      # matplotlib line style
+    color: str | None = None   # None: the next colour of the cycle
 
 
 def read_run(run_dir: Path) -> RunCurve:
@@ -35,10 +37,17 @@ def read_run(run_dir: Path) -> RunCurve:
     for path in (config_path, metrics_path):
         if not path.is_file():
             raise ValueError(f"{run_dir} is not a run directory: {path.name} is missing")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{config_path} is not valid JSON ({error})") from None
     with metrics_path.open() as f:
         rows = list(csv.DictReader(f))
     metric = "perplexity" if rows and "perplexity" in rows[0] else "accuracy"
+    missing = {"round", "wall_s", metric} - set(rows[0] if rows else ())
+    if rows and missing:
+        raise ValueError(f"{metrics_path} has no {', '.join(sorted(missing))} column: is it a metrics.csv of this "
+                         f"project?")
     scale = 100.0 if metric == "accuracy" else 1.0
     evaluated = [r for r in rows if r.get(metric)]
     if not evaluated:
@@ -58,22 +67,34 @@ def method_label(config: dict) -> str:
 
 def plot_runs(curves: list[RunCurve], out_file: Path, title: str | None = None) -> None:
     """Two panels (metric against round, against wall-clock), one line per run, saved as a PNG."""
+    plot_panels(curves, curves, out_file, title)
+
+
+def plot_panels(by_round_curves: list[RunCurve], by_time_curves: list[RunCurve], out_file: Path,
+                title: str | None = None, targets: tuple[float, ...] = ()) -> None:
+    """The metric against round (left) and against wall-clock (right, with the legend), saved as a PNG;
+    `targets` (accuracy as a fraction, or perplexity) are drawn as grey lines."""
     import matplotlib
     matplotlib.use("Agg")   # files only: no display needed
     import matplotlib.pyplot as plt
 
     figure, (by_round, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for curve in curves:
-        by_round.plot(curve.rounds, curve.values, marker="o", markersize=3, label=curve.label)
-        by_time.plot(curve.wall_s, curve.values, marker="o", markersize=3, label=curve.label)
+    for axes, curves, x in ((by_round, by_round_curves, "rounds"), (by_time, by_time_curves, "wall_s")):
+        for curve in curves:
+            axes.plot(getattr(curve, x), curve.values, curve.style, marker="o", markersize=3, label=curve.label,
+                      color=curve.color)
     by_round.set_xlabel("round")
     by_time.set_xlabel("wall-clock since launch (s)")
+    curves = by_round_curves + by_time_curves
     by_round.set_ylabel(METRIC_LABELS[curves[0].metric])
     if curves[0].metric == "perplexity" and max(v for c in curves for v in c.values) > 10 * min(
             v for c in curves for v in c.values):
         by_round.set_yscale("log")
     for axes in (by_round, by_time):
         axes.grid(alpha=0.3)
+        for index, target in enumerate(targets or ()):
+            axes.axhline(target * (100.0 if curves[0].metric == "accuracy" else 1.0), color="grey",
+                         linestyle=":", linewidth=1, label="targets" if axes is by_time and index == 0 else None)
     by_time.legend(loc="best", fontsize="small")
     if title:
         figure.suptitle(title)

@@ -35,6 +35,7 @@ class JobResult:
     rows: list[dict]    # metrics.csv, numbers as floats (NaN where empty)
     log: str            # the server's train.log
     elapsed_s: float    # the whole subprocess, interpreter start to exit
+    status: int = 0     # the job's exit status (non-zero only with run_job(check=False))
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ class Link:
         return 2 * self.latency_ms / 1000 + 8 * (upload_bytes + download_bytes) / (self.bandwidth_mbit * 1e6)
 
 
-def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) -> JobResult:
-    """Run one FedAvg.py / AsyncFedAvg.py job to completion; exit the benchmark if it fails."""
+def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float, check: bool = True) -> JobResult:
+    """Run one FedAvg.py / AsyncFedAvg.py job to completion; exit the benchmark if it fails, unless check is
+    False and the job left its metrics.csv (a diverged run, say: its good rounds are a result)."""
     command = [sys.executable, script, *options, "--master_port", "0", "--out_dir", str(out_dir)]
     COMMANDS.append(shlex.join(command))
     job_output = job_output_path(out_dir)
@@ -67,12 +69,12 @@ def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float) ->
             process.wait()
             sys.exit(f"job timed out or interrupted after {time.perf_counter() - began:.0f} s: {COMMANDS[-1]}")
     elapsed = time.perf_counter() - began
-    if status != 0:
+    if status != 0 and (check or not (out_dir / "metrics.csv").is_file()):
         tail = job_output.read_text()[-3000:]
         sys.exit(f"job failed with exit status {status}: {COMMANDS[-1]}\n{tail}")
     with (out_dir / "metrics.csv").open() as f:
         rows = [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
-    return JobResult(COMMANDS[-1], rows, (out_dir / "train.log").read_text(), elapsed)
+    return JobResult(COMMANDS[-1], rows, (out_dir / "train.log").read_text(), elapsed, status)
 
 
 def job_output_path(out_dir: Path) -> Path:

@@ -36,9 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
-from jobs import Link, job_output_path, run_job, steady_mean  # noqa: E402
+from jobs import JobResult, Link, job_output_path, logged_startup_s, run_job, steady_mean  # noqa: E402
 
 from Utils.prepare import is_prepared  # noqa: E402
+from Utils.run_log import summarise_rows  # noqa: E402
 
 NUM_CLIENTS = 4
 PILOT_ROUNDS = 3
@@ -60,6 +61,7 @@ class Scale:
 
 
 PAPER = Scale(None, None, 5, 10)   # the official defaults
+SMOKE = Scale(400, 200, 1, 2)      # --smoke: the whole path in seconds; its figures mean nothing
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ ROWS = (
 
 
 def row_scale(row: Row, scale: str) -> Scale:
-    return row.quick if scale == "quick" else PAPER
+    return {"quick": row.quick, "paper": PAPER, "smoke": SMOKE}[scale]
 
 
 def job_options(args, row: Row, scale: Scale, *, evaluate: bool, rounds: int | None = None) -> list[str]:
@@ -178,12 +180,28 @@ class Matrix:
         self.progress(f"{run_id}: {script} {scale.rounds} rounds x {scale.epochs} epoch(s) on "
                       f"{link.bandwidth_mbit:.3g} Mbit/s + {link.latency_ms:g} ms")
         job = run_job(script, job_options(self.args, row, scale, evaluate=True) + extra + link.options(),
-                      out_dir, self.args.job_timeout)
+                      out_dir, self.args.job_timeout, check=False)
+        if job.status != 0:
+            record_divergence(job, out_dir)
         self.manifest["runs"][run_id] = {"row": row.name, "link": link_name, "method": method,
                                          "command": job.command, "elapsed_s": job.elapsed_s,
                                          "output": str(job_output_path(out_dir).relative_to(self.work))}
         self.save_manifest()
         self.done += 1
+
+
+def record_divergence(job: JobResult, out_dir: Path) -> None:
+    """A run that diverged is a result, not a failure: summary.json from its good rounds, with the reason.
+    Any other failure stops the matrix (rerunning it resumes)."""
+    reason = next((line.split("failed: ", 1)[1] for line in job.log.splitlines()
+                   if "the run diverged" in line and "failed: " in line), None)
+    if reason is None:
+        sys.exit(f"job failed with exit status {job.status}: {job.command}\n{job.log[-3000:]}")
+    metric = "perplexity" if "perplexity" in (job.rows[0] if job.rows else {}) else "accuracy"
+    summary = {"metric": metric, "diverged": reason,
+               **summarise_rows(job.rows, metric, (), logged_startup_s(job.log))}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"  diverged: {reason}")
 
 
 def hardware() -> dict:
@@ -202,7 +220,8 @@ def hardware() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--scale", choices=("quick", "paper"), default="quick", help="quick: this 2-core CPU; paper: full data")
+    add("--scale", choices=("quick", "paper", "smoke"), default="quick",
+        help="quick: this 2-core CPU; paper: full data; smoke: tests only, 2 tiny rounds")
     add("--data_dir", default="./data", help="data root (see prepare_data.py)")
     add("--work_dir", default=None, help="run directories (default: runs/reproduce-SCALE)")
     add("--rows", nargs="+", choices=[row.name for row in ROWS], default=None, help="rows to run (default: all)")

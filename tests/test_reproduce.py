@@ -1,0 +1,44 @@
+"""benchmarks/reproduce.py and its report, end to end on one row at smoke scale; the report's arithmetic."""
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from helpers_e2e import job_env
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from results_report import TARGET_LEVELS, final_text, ratio, row_targets  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_one_row_runs_resumes_and_is_reported(mnist_root, tmp_path):
+    work, report = tmp_path / "work", tmp_path / "docs" / "RESULTS.md"
+    command = [sys.executable, "benchmarks/reproduce.py", "--scale", "smoke", "--rows", "mnist-mlp", "--links",
+               "calibrated", "--data_dir", str(mnist_root), "--work_dir", str(work), "--report", str(report)]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=job_env())
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert set(manifest["runs"]) == {"mnist-mlp/calibrated/fedavg", "mnist-mlp/calibrated/overlap",
+                                     "mnist-mlp/calibrated/official"}
+    assert manifest["calibration"]["mnist-mlp"]["bandwidth_mbit"] > 0
+    for run in manifest["runs"]:
+        assert json.loads((work / run / "summary.json").read_text())["rounds"] == 2
+    text = report.read_text()
+    assert "| mnist-mlp |" in text and "--rows mnist-mlp" in text and "runs/reproduce-smoke/" in text
+    assert (tmp_path / "docs" / "results" / "mnist-mlp.png").stat().st_size < 200_000
+
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=job_env())
+    assert again.returncode == 0
+    assert again.stdout.count("complete, skipped") == 3   # an interrupted matrix resumes where it stopped
+
+
+def test_targets_and_speed_ups():
+    assert TARGET_LEVELS == (0.90, 0.98)
+    assert row_targets({"metric": "accuracy", "best": 0.5}) == pytest.approx((0.45, 0.49))
+    assert row_targets({"metric": "perplexity", "best": 200.0}) == pytest.approx((220.0, 204.0))
+    assert ratio(10.0, 5.0) == "2.00x" and ratio(None, 5.0) == "n/a" and ratio(10.0, None) == "n/a"
+    assert final_text({"metric": "accuracy", "final": 0.9, "diverged": "round 8: client 1's model ..."}) == \
+        "diverged in round 8"
+    assert final_text({"metric": "perplexity", "final": 123.45}) == "123.5"
