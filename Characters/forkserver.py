@@ -18,7 +18,12 @@ RANK_MODULES = ["Characters.launch", "torch._dynamo"]   # Characters.launch impo
 
 def start_forkserver() -> None:
     """Start the forkserver with the ranks' modules preloaded, unless this process is itself one rank of a
-    job started by torchrun or RANK/WORLD_SIZE (it then runs that rank and forks nothing). Idempotent."""
+    job started by torchrun or RANK/WORLD_SIZE (it then runs that rank and forks nothing). Idempotent.
+
+    Also quiets torch's C++ log before torch is imported: a failed rendezvous otherwise prints a hundred
+    lines of C++ frames before our one line (OVERLAP_FEDAVG_DEBUG, or TORCH_CPP_LOG_LEVEL set, keeps them)."""
+    if not os.environ.get("OVERLAP_FEDAVG_DEBUG"):
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return
     multiprocessing.set_forkserver_preload(RANK_MODULES)

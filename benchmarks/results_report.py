@@ -1,6 +1,6 @@
 """docs/RESULTS.md from the run directories of benchmarks/reproduce.py: never typed by hand.
 
-    python benchmarks/results_report.py runs/reproduce-quick --out docs/RESULTS.md
+    python benchmarks/results_report.py runs/reproduce-quick --out docs/RESULTS.md --readme README.md
 
 Reads WORK_DIR/manifest.json (rows, scale, hardware, commands, calibrated links) and every run's
 summary.json and metrics.csv; writes the report and one plot per row (RESULTS_DIR/results/ROW.png).
@@ -131,8 +131,13 @@ class Report:
             "time does.\n")
 
     def headline(self) -> None:
-        add, links = self.lines.append, self.links()
-        add("## Headline: time to target, Overlap-FedAvg against FedAvg\n")
+        self.lines.append("## Headline: time to target, Overlap-FedAvg against FedAvg\n")
+        self.lines.extend(self.headline_table())
+
+    def headline_table(self) -> list[str]:
+        """Overlap-FedAvg's speed-up over FedAvg to each target, per row and link, and the final metrics."""
+        lines, links = [], self.links()
+        add = lines.append
         add("Speed-up of Overlap-FedAvg over FedAvg to each target (FedAvg's time / Overlap's; never: Overlap "
             "did not reach it in the rounds run).\n")
         header = [f"{LINK_NAMES[link]}, to {100 * level:g} %" for link in links for level in TARGET_LEVELS]
@@ -151,6 +156,7 @@ class Report:
                       for m in ("fedavg", "overlap")]
             add(f"| {name} | " + " | ".join(cells) + f" | {' / '.join(finals)} |")
         add("")
+        return lines
 
     def row_section(self, name: str, row: dict) -> None:
         add, scale = self.lines.append, row["scale"]
@@ -253,18 +259,34 @@ CAVEATS = """## Caveats
 """
 
 
-def write_report(work: Path, out: Path) -> None:
-    Report(work, out).write()
+README_BEGIN, README_END = "<!-- results table: begin -->", "<!-- results table: end -->"
+
+
+def write_report(work: Path, out: Path, readme: Path | None = None) -> None:
+    """The report and its plots; with `readme`, its headline table also replaces the README's between the
+    README_BEGIN and README_END markers."""
+    report = Report(work, out)
+    report.write()
+    if readme is not None:
+        text = readme.read_text()
+        if README_BEGIN not in text or README_END not in text:
+            sys.exit(f"error: {readme} has no {README_BEGIN} ... {README_END} block to fill")
+        head, rest = text.split(README_BEGIN, 1)
+        _, tail = rest.split(README_END, 1)
+        table = "\n".join(report.headline_table()).strip()
+        readme.write_text(f"{head}{README_BEGIN}\n{table}\n{README_END}{tail}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work_dir", type=Path, help="the --work_dir of benchmarks/reproduce.py")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md", help="the report to write")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also put the headline table into this README, between its marker comments")
     args = parser.parse_args()
     if not (args.work_dir / "manifest.json").is_file():
         sys.exit(f"error: {args.work_dir} holds no manifest.json; give the --work_dir of benchmarks/reproduce.py")
-    write_report(args.work_dir, args.out)
+    write_report(args.work_dir, args.out, args.readme)
     print(f"wrote {args.out}")
 
 
