@@ -206,13 +206,14 @@ class ServerUpdate:
         return self._w
 
     def state_dict(self) -> dict:
-        """Everything the next updates depend on, as tensors and numbers (copies): w, prev, the momentum
-        buffer, the secant form's last g and prev, the update count. load_state_dict restores it exactly."""
+        """Everything the next updates depend on: w, prev, the momentum buffer, the secant form's last g and
+        prev, the update count. load_state_dict restores it exactly. w and the momentum buffer are copied
+        (apply() changes them in place); prev and the secant tensors are shared, since apply() replaces
+        them and never modifies them."""
         buffer = self._optimizer.state.get(self._optimizer.param_groups[0]["params"][0], {}).get("momentum_buffer")
-        def copy(tensor: Tensor | None) -> Tensor | None:
-            return None if tensor is None else tensor.detach().clone()
-        return {"current": copy(self._w), "prev": copy(self._prev), "momentum_buffer": copy(buffer),
-                "last_pseudo_grad": copy(self._last_pseudo_grad), "last_start": copy(self._last_start),
+        return {"current": self._w.clone(), "prev": self._prev,
+                "momentum_buffer": None if buffer is None else buffer.clone(),
+                "last_pseudo_grad": self._last_pseudo_grad, "last_start": self._last_start,
                 "num_updates": self.num_updates, "last_comp_coef": self.last_comp_coef}
 
     def load_state_dict(self, state: dict) -> None:

@@ -49,34 +49,47 @@ def write_checkpoint(run_dir: Path, state: dict) -> None:
 
 
 class CheckpointWriter:
-    """Writes checkpoints on a thread of its own, so that the disk is off the server's critical path. One
-    write at a time: a new checkpoint waits for the previous one to finish (at most two states in memory)."""
+    """Writes checkpoints on a thread of its own, so that the disk stays off the server's critical path.
+    The latest state wins: when a write is still running, a newer state replaces the one waiting, so the
+    server never waits for the disk and the file is at most one write behind."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        self._thread: threading.Thread | None = None
+        self._changed = threading.Condition()
+        self._waiting: dict | None = None
+        self._writing = False
         self._error: BaseException | None = None
+        threading.Thread(target=self._run, name="checkpoint", daemon=True).start()
 
     def submit(self, state: dict) -> None:
-        """Write `state` (not to be modified afterwards) once the previous write is done."""
-        self.wait()
-        self._thread = threading.Thread(target=self._write, args=(state,), name="checkpoint", daemon=True)
-        self._thread.start()
+        """Write `state` (not to be modified afterwards) as soon as the thread is free."""
+        self._raise_if_failed()
+        with self._changed:
+            self._waiting = state
+            self._changed.notify_all()
 
     def wait(self) -> None:
-        """Wait for the write in flight; raise what it raised (a full disk, say)."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise OSError(f"writing {self.run_dir / CHECKPOINT_NAME} failed: {error}") from error
+        """Wait until the last submitted state is on disk; raise what a write raised (a full disk, say)."""
+        with self._changed:
+            self._changed.wait_for(lambda: (self._waiting is None and not self._writing) or self._error is not None)
+        self._raise_if_failed()
 
-    def _write(self, state: dict) -> None:
-        try:
-            write_checkpoint(self.run_dir, state)
-        except BaseException as error:  # noqa: BLE001 - handed to the server thread by wait()
-            self._error = error
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise OSError(f"writing {self.run_dir / CHECKPOINT_NAME} failed: {self._error}") from self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._waiting is not None)
+                state, self._waiting, self._writing = self._waiting, None, True
+            try:
+                write_checkpoint(self.run_dir, state)
+            except BaseException as error:  # noqa: BLE001 - handed to the server thread by wait() and submit()
+                self._error = error
+            with self._changed:
+                self._writing = False
+                self._changed.notify_all()
 
 
 def read_checkpoint(run_dir: Path, config: dict) -> dict:

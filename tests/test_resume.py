@@ -14,7 +14,7 @@ from conftest import ROOT
 from helpers_e2e import QUICK_MNIST, TIMING_COLUMNS, job_env, read_metrics, run_job, wait_until_gone
 
 from Utils.aggregation import ServerUpdate
-from Utils.checkpoint import CHECKPOINT_NAME, CheckpointError, read_checkpoint, write_checkpoint
+from Utils.checkpoint import CHECKPOINT_NAME, CheckpointError, CheckpointWriter, read_checkpoint, write_checkpoint
 
 SCRIPTS = ("FedAvg.py", "AsyncFedAvg.py")
 SMALL = ("--max_train_samples", "2000")
@@ -138,3 +138,16 @@ def test_server_update_state_round_trips_exactly(momentum, compensation):
         step(second, pair)
     assert torch.equal(second.current, straight.current)
     assert second.last_comp_coef == straight.last_comp_coef
+
+
+def test_the_checkpoint_thread_writes_the_latest_state_and_reports_a_failure(tmp_path):
+    writer = CheckpointWriter(tmp_path)
+    for round_index in range(1, 6):
+        writer.submit({"round": round_index, "options": {}})
+    writer.wait()
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["round"] == 5   # the latest wins
+    assert not (tmp_path / (CHECKPOINT_NAME + ".tmp")).exists()
+    gone = CheckpointWriter(tmp_path / "missing")
+    gone.submit({"round": 1})
+    with pytest.raises(OSError, match="writing .*checkpoint.pt failed"):
+        gone.wait()
