@@ -62,12 +62,15 @@ def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float, ch
     with job_output.open("w") as output:
         process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)   # its own group: a timeout stops every rank
+        previous_term = signal.signal(signal.SIGTERM, _interrupt)   # `kill` too stops the job, not just Ctrl-C
         try:
             status = process.wait(timeout_s)
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             sys.exit(f"job timed out or interrupted after {time.perf_counter() - began:.0f} s: {COMMANDS[-1]}")
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
     elapsed = time.perf_counter() - began
     if status != 0 and (check or not (out_dir / "metrics.csv").is_file()):
         tail = job_output.read_text()[-3000:]
@@ -75,6 +78,10 @@ def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float, ch
     with (out_dir / "metrics.csv").open() as f:
         rows = [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
     return JobResult(COMMANDS[-1], rows, (out_dir / "train.log").read_text(), elapsed, status)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def job_output_path(out_dir: Path) -> Path:
