@@ -6,17 +6,23 @@ compensates the one-version staleness and applies a Nesterov step (Zhou, Qing, L
 --lr, --mom and --lambd take several values and run the grid one run after another; --optuna searches.
 Options, defaults and help: Utils/config.py (python AsyncFedAvg.py --help).
 """
+import sys
+
 from Characters.forkserver import start_forkserver
 
 if __name__ == "__main__":
     start_forkserver()   # first: the ranks' torch import runs beside this process's own
-    from Characters.sweep import run_grid, run_optuna
-    from Utils.cli import build_parser, run_config, search_config
+    try:
+        from Characters.sweep import run_grid, run_optuna
+        from Utils.cli import build_parser, run_config, search_config
 
-    parser = build_parser("AsyncFedAvg", "Overlap-FedAvg with a server and world_size - 1 clients.")
-    args = parser.parse_args()
-    cfg, search = run_config(parser, args), search_config(parser, args)
-    if search.optuna:
-        run_optuna(cfg, search)
-    else:
-        run_grid(cfg, search.grid)
+        parser = build_parser("AsyncFedAvg", "Overlap-FedAvg with a server and world_size - 1 clients.")
+        args = parser.parse_args()
+        cfg, search = run_config(parser, args), search_config(parser, args)
+        if search.optuna:
+            run_optuna(cfg, search)
+        else:
+            run_grid(cfg, search.grid)
+    except KeyboardInterrupt:   # Ctrl-C before the launcher took over: no traceback
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -4,14 +4,21 @@
 
 Options, defaults and help: Utils/config.py (python FedAvg.py --help).
 """
+import sys
+
 from Characters.forkserver import start_forkserver
 
 if __name__ == "__main__":
     start_forkserver()   # first: the ranks' torch import runs beside this process's own
-    from Characters.launch import main
-    from Utils.cli import build_parser, run_config
+    try:
+        from Characters.launch import main
+        from Utils.cli import build_parser, run_config
 
-    parser = build_parser("FedAvg", "Federated Averaging (McMahan et al.) with a server and world_size - 1 clients.")
-    args = parser.parse_args()
-    cfg = run_config(parser, args)
-    main(cfg)
+        parser = build_parser("FedAvg", "Federated Averaging (McMahan et al.) with a server and world_size - 1 "
+                                        "clients.")
+        args = parser.parse_args()
+        cfg = run_config(parser, args)
+        main(cfg)
+    except KeyboardInterrupt:   # Ctrl-C before the launcher took over: no traceback
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
