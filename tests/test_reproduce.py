@@ -26,7 +26,7 @@ def test_one_row_runs_resumes_and_is_reported(mnist_root, tmp_path):
     for run in manifest["runs"]:
         assert json.loads((work / run / "summary.json").read_text())["rounds"] == 2
     text = report.read_text()
-    assert "| mnist-mlp |" in text and "--rows mnist-mlp" in text and "runs/reproduce-smoke/" in text
+    assert "| mnist-mlp" in text and "--rows mnist-mlp" in text and "runs/reproduce-smoke/" in text
     assert (tmp_path / "docs" / "results" / "mnist-mlp.png").stat().st_size < 200_000
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=job_env())

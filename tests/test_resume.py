@@ -52,6 +52,7 @@ def run_and_kill_after(script: str, rounds_done: int, out_dir: Path, data_dir: P
     assert checkpoint_round(out_dir) < 4, "the job finished before it was killed: slow its rounds down"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_killed_run_resumes_and_an_extended_run_equals_a_longer_one(script, mnist_root, tmp_path):
     reference = run_job(script, *QUICK_MNIST, *SMALL, "--max_epoch", "6", out_dir=tmp_path / "six",
@@ -74,6 +75,7 @@ def test_a_killed_run_resumes_and_an_extended_run_equals_a_longer_one(script, mn
     assert checkpoint_round(interrupted) == 6
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_would_change_the_result(mnist_root, tmp_path):
     run = tmp_path / "run"
     done = run_job("AsyncFedAvg.py", *QUICK_MNIST, "--max_epoch", "2", out_dir=run, data_dir=mnist_root)
