@@ -212,7 +212,7 @@ class Report:
                     cells.append(f"{seconds(own)}" + ("" if method == "fedavg" else f" ({ratio(fedavg, own)})"))
                 hidden = summary["hidden_comm_share"]
                 add(f"| {LINK_NAMES[link]} | {METHOD_NAMES[method]} | {final_text(summary)} | "
-                    f"{metric_text(metric, summary['best'])} ({summary['best_round']}) | "
+                    f"{metric_text(metric, summary['best'])} ({summary['best_round']:.0f}) | "
                     f"{summary['rounds_wall_s'] - summary['startup_s']:.1f} s | {summary['mean_round_s']:.2f} s | "
                     f"{'n/a' if hidden is None else f'{100 * hidden:.0f} %'} | " + " | ".join(cells) + " |")
         plot = self.plot_row(name, row)
