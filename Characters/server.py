@@ -26,7 +26,7 @@ from Utils.config import RunConfig
 from Utils.datasets import ImageData
 from Utils.flat import buffer_size, flatten_model, load_flat_into_model, model_size
 from Utils.memory import reset_peak_resident, resident_mb
-from Utils.run_log import SUMMARY_TARGETS, MetricsWriter, higher_is_better, summarise_rows
+from Utils.run_log import SUMMARY_TARGETS, MetricsWriter, best_row, higher_is_better, summarise_rows
 from Utils.text import TextData
 from Utils.transport import RoundReport
 
@@ -88,7 +88,8 @@ class _Server:
             self.update.load_state_dict(resumed["update"])
             self.first_round = resumed["round"] + 1
             if self.evaluator is not None:
-                self.evaluator.best = _best([r.get(self.metric) for r in resumed["rows"]], self.metric)
+                best = best_row(resumed["rows"], self.metric)
+                self.evaluator.best = best[self.metric] if best else None
 
     def send_start(self) -> None:
         """G_0; or, resuming after round r, what the clients' next round trains from (G_r, Overlap G_{r-1}
@@ -294,12 +295,6 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
     log.info("server resident memory %.1f MB after loading (peak %.1f MB)", resident_mb("VmRSS"), resident_mb())
     reset_peak_resident()
     return server.run()
-
-
-def _best(values: list, metric: str) -> float | None:
-    """The best of a metric's values (accuracy highest, perplexity lowest), None where there is none."""
-    scored = [v for v in values if isinstance(v, float) and math.isfinite(v)]
-    return (max if higher_is_better(metric) else min)(scored) if scored else None
 
 
 def _summary(cfg: RunConfig, figures: dict, metric: str, wall_s: float, stopped: bool) -> dict:

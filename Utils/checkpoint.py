@@ -99,13 +99,14 @@ def read_checkpoint(run_dir: Path, config: dict) -> dict:
         raise CheckpointError(f"{path} does not exist: the run stopped before its first round was complete; "
                               f"start it again in a new --out_dir")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped: the launcher's check reads the header, not the tensors (hundreds of MB for a big model)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise CheckpointError(f"{path} cannot be read ({str(error).strip().splitlines()[0][:120]}); it is "
                               f"damaged or not a checkpoint of this project") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project's format {FORMAT}")
-    saved, expected = state.get("options"), _comparable(result_options(config))
+    saved, expected = state.get("options"), checkpoint_options(config)
     if saved != expected:
         differing = sorted(k for k in set(saved or {}) | set(expected) if (saved or {}).get(k) != expected.get(k))
         raise CheckpointError(f"{path} belongs to another run: {', '.join(differing[:5])} differ from "

@@ -81,6 +81,14 @@ SUMMARY_TARGETS = {
 }
 
 
+def best_row(rows: list[dict], metric: str) -> dict | None:
+    """The evaluated row with the best metric (accuracy highest, perplexity lowest; the first of equals)."""
+    scored = [row for row in rows if _is_number(row.get(metric))]
+    if not scored:
+        return None
+    return (max if higher_is_better(metric) else min)(scored, key=lambda row: row[metric])
+
+
 def first_reaching(rows: list[dict], metric: str, target: float) -> dict | None:
     """The first row whose metric reaches `target` (accuracy at least, perplexity at most), or None."""
     return next((row for row in rows if _is_number(row.get(metric))
@@ -103,7 +111,8 @@ def summarise_rows(rows: list[dict], metric: str, targets: tuple[float, ...], st
         return sum(values) / len(values) if values else None
 
     scored = [(r[metric], r["round"]) for r in rows if _is_number(r.get(metric))]
-    best = (max if higher_is_better(metric) else min)(scored, key=lambda pair: pair[0]) if scored else None
+    best = best_row(rows, metric)
+    best = (best[metric], best["round"]) if best else None
     comm = sum(r["comm_s"] for r in rows if _is_number(r.get("comm_s")))
     waited = sum(r["comm_wait_s"] for r in rows if _is_number(r.get("comm_wait_s")))
     return {

@@ -246,6 +246,14 @@ def _peer_call(what: str, peer: int, call: Callable[[], Any], waiting_for: str =
                           f"{first_line}") from error
 
 
+def _wait(work, timeout_s: float | None) -> None:
+    """Wait for a point-to-point operation: timeout_s, or the process group's timeout when None."""
+    if timeout_s is None:
+        work.wait()
+    else:
+        work.wait(timeout=timedelta(seconds=timeout_s))
+
+
 def send(tensor: torch.Tensor, dst: int, link: Link = Link()) -> int:
     """Blocking send; with an emulated link the message leaves only after the link's delay. Returns bytes."""
     num_bytes = tensor.numel() * tensor.element_size()
@@ -262,11 +270,7 @@ def recv(buffer: torch.Tensor, src: int, link: Link = Link(), timeout_s: float |
     """Blocking receive into buffer; with an emulated link it is handed over after the link's delay.
     timeout_s: give up sooner than the process group's timeout; waiting_for: what for, for the error."""
     staged = buffer if _nccl_device is None else torch.empty_like(buffer, device=_nccl_device)
-    if timeout_s is None:
-        _peer_call("receiving from", src, lambda: dist.recv(staged, src), waiting_for)
-    else:
-        _peer_call("receiving from", src, lambda: dist.irecv(staged, src).wait(timeout=timedelta(seconds=timeout_s)),
-                   waiting_for, timeout_s)
+    _peer_call("receiving from", src, lambda: _wait(dist.irecv(staged, src), timeout_s), waiting_for, timeout_s)
     if staged is not buffer:
         buffer.copy_(staged)
     num_bytes = buffer.numel() * buffer.element_size()
@@ -281,11 +285,8 @@ def send_to_all(tensor: torch.Tensor, destinations: list[int], timeout_s: float 
     staged = tensor if _nccl_device is None else tensor.to(_nccl_device)
     works = [(dst, dist.isend(staged, dst)) for dst in destinations]
     for dst, work in works:
-        if timeout_s is None:
-            _peer_call("sending to", dst, work.wait)
-        else:
-            _peer_call("sending to", dst, lambda work=work: work.wait(timeout=timedelta(seconds=timeout_s)),
-                       " (the server was sending it the global model)", timeout_s)
+        _peer_call("sending to", dst, lambda work=work: _wait(work, timeout_s),
+                   " (the server was sending it the global model)", timeout_s)
     return len(destinations) * tensor.numel() * tensor.element_size()
 
 

@@ -75,9 +75,13 @@ def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float, ch
     if status != 0 and (check or not (out_dir / "metrics.csv").is_file()):
         tail = job_output.read_text()[-3000:]
         sys.exit(f"job failed with exit status {status}: {COMMANDS[-1]}\n{tail}")
+    return JobResult(COMMANDS[-1], read_metrics(out_dir), (out_dir / "train.log").read_text(), elapsed, status)
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    """A run directory's metrics.csv, numbers as floats (NaN where empty)."""
     with (out_dir / "metrics.csv").open() as f:
-        rows = [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
-    return JobResult(COMMANDS[-1], rows, (out_dir / "train.log").read_text(), elapsed, status)
+        return [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _interrupt(signum, frame) -> None:

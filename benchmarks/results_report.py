@@ -13,15 +13,17 @@ the run's start-up (launch to G_0 sent): training and communication only.
 from __future__ import annotations
 
 import argparse
-import csv
+import functools
 import json
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from jobs import read_metrics  # noqa: E402
+
 from Utils.plot import plot_panels, read_run  # noqa: E402
 from Utils.run_log import higher_is_better, time_to_target_s  # noqa: E402
 
@@ -32,11 +34,6 @@ CHANCE = {"mnist": 0.1, "fmnist": 0.1, "emnist": 1 / 47, "cifar10": 0.1, "cifar1
 METHOD_COLOURS = {"fedavg": "C0", "overlap": "C1", "official": "C2"}
 METHOD_NAMES = {"fedavg": "FedAvg", "overlap": "Overlap-FedAvg", "official": "Overlap, official settings"}
 LINK_NAMES = {"calibrated": "calibrated", "realistic": "20 Mbit/s, 30 ms"}
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    with (run_dir / "metrics.csv").open() as f:
-        return [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def row_targets(fedavg_summary: dict) -> tuple[float, ...]:
@@ -91,13 +88,13 @@ class Report:
 
     def summary(self, row: str, link: str, method: str) -> dict | None:
         path = self.run_dir(row, link, method)
-        return json.loads((path / "summary.json").read_text()) if path else None
+        return _summary_json(path) if path else None
 
     def time_to(self, row: str, link: str, method: str, target: float) -> float | None:
         path, summary = self.run_dir(row, link, method), self.summary(row, link, method)
         if path is None:
             return None
-        return time_to_target_s(read_metrics(path), summary["metric"], target, summary["startup_s"])
+        return time_to_target_s(_metrics(path), summary["metric"], target, summary["startup_s"])
 
     def targets(self, row: str) -> tuple[float, ...] | None:
         fedavg = self.summary(row, "calibrated", "fedavg") or self.summary(row, "realistic", "fedavg")
@@ -247,6 +244,17 @@ class Report:
         out = self.plot_dir / f"{name}.png"
         plot_panels(by_round, by_time, out, f"{row['dataset']} / {row['model']}", targets=self.targets(name))
         return out
+
+
+@functools.cache
+def _summary_json(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@functools.cache
+def _metrics(run_dir: Path) -> list[dict]:
+    """Each run's rows, read once however many targets, tables and links ask for them."""
+    return read_metrics(run_dir)
 
 
 def _relative_command(command: str, work: Path, scale: str) -> str:
