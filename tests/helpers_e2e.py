@@ -10,15 +10,9 @@ import time
 import uuid
 from pathlib import Path
 
-import torch
 from conftest import ROOT
 
-from Networks import build_model
-from Utils.aggregation import ServerUpdate, client_weights
-from Utils.datasets import load_dataset
-from Utils.flat import flatten_model, load_flat_into_model
-from Utils.partition import client_shards, limit_training_set
-from Utils.training import LocalTrainer, evaluate
+from Utils.replay import ScheduleReplay, server_update_step
 
 # A small MNIST job: 3 processes (server + 2 clients), a 6,000-sample subset, few rounds.
 QUICK_MNIST = ("--dataset", "mnist", "--model", "mlp", "--world_size", "3", "--max_train_samples", "6000",
@@ -71,26 +65,6 @@ def wait_until_gone(tag: str, within_s: float = 15.0) -> list[int]:
 
 
 def replay_schedule(data_root: Path, rounds: int, *, overlap: bool, **server_options) -> list[float]:
-    """QUICK_MNIST's schedule in one process, written out round by round (DESIGN §3): FedAvg's round r
-    trains from G_r; Overlap's from G_{r-1} (rounds 0 and 1 from G_0), the server applying the stale
-    update. Returns the test accuracy of G_1..G_rounds."""
-    torch.set_num_threads(1)
-    seed, num_clients = 2020, 2
-    data = limit_training_set(load_dataset("mnist", data_root), 6000, seed)
-    torch.manual_seed(seed)
-    model = build_model("mlp", 10)
-    shards = client_shards(data, num_clients, "noniid", seed)
-    trainers = [LocalTrainer(build_model("mlp", 10), data, shard, batch_size=32, lr=0.01, epochs=1,
-                             seed=seed, rank=k + 1) for k, shard in enumerate(shards)]
-    update = ServerUpdate(flatten_model(model), stale=overlap, **server_options)
-    weights = client_weights([len(s) for s in shards])
-    versions, accuracy = [update.current.clone()], []
-    for r in range(rounds):
-        start = versions[max(r - 1, 0)] if overlap else versions[r]
-        moments = update.new_round()
-        for trainer, weight in zip(trainers, weights, strict=True):
-            moments.add(trainer.train_round(start, r)[0], weight)
-        versions.append(update.apply(moments).clone())
-        load_flat_into_model(update.current, model)
-        accuracy.append(evaluate(model, data)["accuracy"])
-    return accuracy
+    """QUICK_MNIST's schedule in one process (Utils.replay): the test accuracy of G_1..G_rounds."""
+    replay = ScheduleReplay(data_root, num_clients=2, max_train_samples=6000)
+    return replay.run(server_update_step(replay.initial, overlap=overlap, **server_options), rounds, overlap=overlap)

@@ -1,0 +1,86 @@
+"""A job's schedule replayed in one process (DESIGN §3): the same data, partition, seeds and local training
+as FedAvg.py / AsyncFedAvg.py, without processes or a network.
+
+The tests use it to pin the distributed runs bit for bit; benchmarks/compensation_limits.py uses it to try
+server updates that a real server cannot run (ones that know what training from w would have given).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from Networks import build_model
+from Utils.aggregation import ServerUpdate, client_weights
+from Utils.datasets import load_dataset
+from Utils.flat import flatten_model, load_flat_into_model
+from Utils.partition import client_shards, limit_training_set
+from Utils.training import LocalTrainer, evaluate
+
+# Every client's upload of a round with its weight: [(L_k, p_k), ...]
+Uploads = list[tuple[Tensor, float]]
+# (update number u = 1..R, prev: the model the uploads started from, the uploads, w: the current global
+#  model) -> the next global model
+ServerStep = Callable[[int, Tensor, Uploads, Tensor], Tensor]
+
+
+class ScheduleReplay:
+    """N image clients on a non-IID partition, trained exactly as a job with these options trains them."""
+
+    def __init__(self, data_root: str | Path, *, dataset: str = "mnist", model: str = "mlp", num_clients: int = 2,
+                 epochs: int = 1, max_train_samples: int | None = None, seed: int = 2020, lr: float = 0.01,
+                 batch_size: int = 32):
+        torch.set_num_threads(1)   # as every rank does: the figures must not depend on the core count
+        self.data = limit_training_set(load_dataset(dataset, data_root), max_train_samples, seed)
+        torch.manual_seed(seed)
+        self.model = build_model(model, self.data.num_classes)
+        self.initial = flatten_model(self.model).clone()
+        shards = client_shards(self.data, num_clients, "noniid", seed)
+        self.trainers = [LocalTrainer(build_model(model, self.data.num_classes), self.data, shard,
+                                      batch_size=batch_size, lr=lr, epochs=epochs, seed=seed, rank=k + 1)
+                         for k, shard in enumerate(shards)]
+        self.weights = client_weights([len(shard) for shard in shards])
+
+    def uploads(self, start: Tensor, round_index: int) -> Uploads:
+        """Every client's round `round_index` trained from `start`, with its weight p_k."""
+        return [(trainer.train_round(start, round_index)[0], weight)
+                for trainer, weight in zip(self.trainers, self.weights, strict=True)]
+
+    def accuracy(self, flat: Tensor) -> float:
+        load_flat_into_model(flat, self.model)
+        return evaluate(self.model, self.data)["accuracy"]
+
+    def run(self, step: ServerStep, rounds: int, *, overlap: bool) -> list[float]:
+        """Test accuracy of G_1..G_rounds. FedAvg's round r trains from G_r; Overlap's from G_{r-1} (rounds 0
+        and 1 from G_0), so update u's uploads started from G_{max(u-2, 0)} while w is G_{u-1}."""
+        versions, accuracy = [self.initial.clone()], []
+        for r in range(rounds):
+            start = versions[max(r - 1, 0)] if overlap else versions[r]
+            versions.append(step(r + 1, start, self.uploads(start, r), versions[-1]).clone())
+            accuracy.append(self.accuracy(versions[-1]))
+        return accuracy
+
+
+def uploads_average(uploads: Uploads) -> Tensor:
+    """avg = sum_k p_k L_k, summed in client order as the server sums it."""
+    average = torch.zeros_like(uploads[0][0])
+    for local, weight in uploads:
+        average.add_(local, alpha=weight)
+    return average
+
+
+def server_update_step(initial: Tensor, *, overlap: bool, **server_options) -> ServerStep:
+    """The ServerUpdate a job runs (Utils.aggregation), as a ServerStep."""
+    update = ServerUpdate(initial, stale=overlap, **server_options)
+
+    def step(_u: int, prev: Tensor, uploads: Uploads, _w: Tensor) -> Tensor:
+        moments = update.new_round()
+        if not torch.equal(moments.start, prev):
+            raise RuntimeError("the replay and the server update disagree on where the uploads started")
+        for local, weight in uploads:
+            moments.add(local, weight)
+        return update.apply(moments)
+
+    return step
