@@ -38,9 +38,10 @@ from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from ablation import rounds_to  # noqa: E402
 from bench_time_to_accuracy import NUM_CLIENTS, SETTINGS  # noqa: E402
 
-from Utils.aggregation import secant_coefficient  # noqa: E402
+from Utils.aggregation import compensated_gradient, secant_coefficient  # noqa: E402
 from Utils.replay import ScheduleReplay, ServerStep, Uploads, server_update_step, uploads_average  # noqa: E402
 
 CONTRACTIONS = (0.01, 0.03, 0.1, 0.3, 0.6, 0.9)   # a: flat ... stiff directions
@@ -100,10 +101,9 @@ def hindsight_step(replay: ScheduleReplay, groups: Sequence[slice] | None, *,
         avg = uploads_average(uploads)
         if torch.equal(w, prev):
             return avg
-        pseudo_grad = prev - avg
         at_current = w - uploads_average(replay.uploads(w, u - 1))
-        coef = hindsight_coefficient(pseudo_grad, at_current, w - prev, groups, per_coordinate=per_coordinate)
-        return w - (pseudo_grad + coef * (w - prev))
+        coef = hindsight_coefficient(prev - avg, at_current, w - prev, groups, per_coordinate=per_coordinate)
+        return w - compensated_gradient(prev, avg, w, coef)
     return step
 
 
@@ -128,12 +128,8 @@ def coordinate_secant_step(decay: float = 0.5, shrink: float = 0.1, first: float
         else:
             prior = shrink * state["den"].mean()
             coef = ((state["num"] + prior * state["scalar"]) / (state["den"] + prior)).clamp(0.0, 1.0)
-        return w - (pseudo_grad + coef * (w - prev))
+        return w - compensated_gradient(prev, avg, w, coef)
     return step
-
-
-def rounds_to(curve: Sequence[float], target: float) -> int | None:
-    return next((n for n, accuracy in enumerate(curve, 1) if accuracy >= target), None)
 
 
 def modelled_ratio(overlap_rounds: int | None, fedavg_rounds: int | None) -> float | None:
