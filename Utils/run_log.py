@@ -5,6 +5,7 @@ import csv
 import logging
 import math
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,10 @@ class _BarSafeHandler(logging.StreamHandler):
 
 def setup_logging(rank: int | None, log_file: Path | None = None, level: int = logging.INFO) -> None:
     """Log to stderr (and optionally a file) with the rank in the format; replaces earlier handlers."""
+    # tqdm's default lock holds a multiprocessing semaphore, which a rank stopped by SIGTERM (Ctrl-C, a failed
+    # peer) never releases: the resource tracker then warns of a leak. One process draws the bar, so a
+    # thread lock is all it needs.
+    tqdm.set_lock(threading.RLock())
     who = "launcher" if rank is None else f"rank {rank}"
     formatter = logging.Formatter(f"%(asctime)s [{who}] %(levelname)s %(message)s", datefmt="%H:%M:%S")
     root = logging.getLogger()
