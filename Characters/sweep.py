@@ -11,7 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from Characters.launch import exit_process, launch
+from Characters.launch import EXIT_INTERRUPTED, exit_process, launch
 from Utils.config import RunConfig, SearchConfig
 from Utils.datasets import dataset_is_text
 from Utils.run_log import higher_is_better
@@ -38,7 +38,7 @@ def run_grid(base: RunConfig, grid: dict[str, tuple]) -> None:
         log.info("grid run %d/%d: %s", len(results) + 1, len(combos), tag)
         status, summary = launch(cfg)
         results.append((combo, status, summary))
-        if status == 130:   # Ctrl-C stops the whole grid
+        if status == EXIT_INTERRUPTED:   # Ctrl-C stops the whole grid
             break
     log.info("grid summary:\n%s", format_table(results))
     exit_process(max(status for _, status, _ in results))
@@ -72,22 +72,30 @@ def run_optuna(base: RunConfig, search: SearchConfig) -> None:
         log.error("--optuna needs the optuna package: pip install optuna")
         sys.exit(2)
     metric, direction = study_direction(base.dataset)
-
-    def objective(trial: optuna.Trial) -> float:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # one line per trial, ours
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=base.seed))
+    for _ in range(search.optuna_trials):
+        trial = study.ask()
         # The learning rate on a log scale; a parameter without a search range keeps the run's value.
         suggested = {name: trial.suggest_float(name, low, high, log=name == "lr")
                      for name, (low, high) in search.optuna_ranges.items()}
-        cfg = replace(base, **suggested, out_dir=_run_dir(base, f"trial{trial.number}"))
-        status, summary = launch(cfg)
-        if status != 0 or summary is None:
-            raise RuntimeError(f"trial {trial.number} failed (exit {status})")
-        if summary["stopped_early"]:
-            raise optuna.TrialPruned(f"{metric} below the --optuna_early_stop bar")
-        value = summary["final"]
-        return value if math.isfinite(value) else (-math.inf if direction == "maximize" else math.inf)
-
-    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=base.seed))
-    study.optimize(objective, n_trials=search.optuna_trials, catch=(RuntimeError,))
+        shown = _params_text(suggested)
+        status, summary = launch(replace(base, **suggested, out_dir=_run_dir(base, f"trial{trial.number}")))
+        if status == EXIT_INTERRUPTED:   # Ctrl-C stops the whole search
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.error("optuna: interrupted in trial %d", trial.number)
+            exit_process(EXIT_INTERRUPTED)
+        if status != 0 or summary is None:   # the launcher said why; the search goes on
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.warning("optuna: trial %d (%s) failed with exit %d", trial.number, shown, status)
+        elif summary["stopped_early"]:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            log.info("optuna: trial %d (%s) pruned: %s below the --optuna_early_stop bar", trial.number, shown,
+                     metric)
+        else:
+            value = summary["final"]
+            study.tell(trial, value if math.isfinite(value) else (-math.inf if direction == "maximize" else math.inf))
+            log.info("optuna: trial %d (%s): %s %.4f", trial.number, shown, metric, value)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     log.info("optuna: %d trials, %d complete, %d pruned (%s %s)", len(study.trials), len(done), len(pruned),
@@ -96,5 +104,8 @@ def run_optuna(base: RunConfig, search: SearchConfig) -> None:
         log.error("optuna: no trial completed")
         sys.exit(1)
     best = study.best_trial
-    log.info("best trial %d: %s %.4f with %s", best.number, metric, best.value,
-             ", ".join(f"{k}={v:.6g}" for k, v in best.params.items()))
+    log.info("best trial %d: %s %.4f with %s", best.number, metric, best.value, _params_text(best.params))
+
+
+def _params_text(params: dict[str, float]) -> str:
+    return ", ".join(f"{name}={value:.6g}" for name, value in params.items())

@@ -76,6 +76,16 @@ def test_optuna_searches_and_prunes_early_stopped_trials(mnist_root, tmp_path):
     assert len(lrs) == 2 and all(0.005 <= lr <= 0.05 for lr in lrs)
 
 
+def test_failed_trials_are_one_line_each_and_the_search_goes_on(mnist_root, tmp_path):
+    pytest.importorskip("optuna")
+    done = run_job("AsyncFedAvg.py", *QUICK_MNIST, "--max_epoch", "2", "--optuna", "--optuna_lr", "0.005", "0.05",
+                   "--optuna_trials", "2", out_dir=tmp_path / "search", data_dir=mnist_root,
+                   env=job_env(OVERLAP_FEDAVG_FAULT="1:1:raise"))   # every trial's client 1 raises in round 1
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.count("failed with exit 1") == 2 and "optuna: no trial completed" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
 def test_early_stop_ends_a_poor_run_and_every_process(mnist_root, tmp_path):
     env = job_env()
     done = run_job("AsyncFedAvg.py", *QUICK_MNIST, "--max_epoch", "5", "--optuna_early_stop", "1", "0.99",

@@ -103,6 +103,25 @@ def test_stopping_the_launcher_stops_every_process(how, whom, mnist_root, tmp_pa
     assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
 
 
+def test_ctrl_c_stops_a_whole_search_not_just_its_trial(mnist_root, tmp_path):
+    pytest.importorskip("optuna")
+    env = job_env()
+    job = subprocess.Popen([sys.executable, "AsyncFedAvg.py", *QUICK_MNIST, "--max_epoch", "50", "--optuna",
+                            "--optuna_lr", "0.005", "0.05", "--optuna_trials", "3",
+                            "--out_dir", str(tmp_path / "search"), "--data_dir", str(mnist_root)],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (tmp_path / "search" / "trial0" / "metrics.csv").exists():
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGINT)
+    _, stderr = job.communicate(timeout=30)
+    assert job.returncode == 130, stderr[-2000:]
+    assert "optuna: interrupted in trial 0" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in (tmp_path / "search").iterdir()) == ["trial0"]
+    assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
+
+
 def test_a_dead_peer_ends_a_job_started_rank_by_rank(mnist_root, tmp_path):
     """Several machines: no launcher watches the ranks, so the survivors notice on their own and exit."""
     port = str(free_port())
