@@ -155,6 +155,35 @@ def uninterrupted(mnist_root, tmp_path_factory) -> dict:
     return metrics
 
 
+def test_a_job_started_rank_by_rank_resumes_as_on_several_machines(uninterrupted, mnist_root, tmp_path):
+    """docs/resume.md: rank 0 gets --resume RUN_DIR, the clients the run's original command line; the server
+    tells them the round. The resumed run ends with the uninterrupted run's metrics."""
+    run, port = tmp_path / "run", str(free_port())
+    options = [a for a in FAULT_OPTIONS if a not in ("--master_port", "0")]
+    original = [sys.executable, "AsyncFedAvg.py", *options, "--out_dir", str(run), "--data_dir", str(mnist_root)]
+    resumed = [sys.executable, "AsyncFedAvg.py", "--resume", str(run), "--timeout", "20", "--data_dir", str(mnist_root)]
+
+    def start_ranks(env_base: dict, rank0_command: list[str]) -> list[subprocess.Popen]:
+        return [subprocess.Popen(rank0_command if rank == 0 else original, cwd=ROOT, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env={**env_base, "RANK": str(rank), "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1",
+                                      "MASTER_PORT": port})
+                for rank in range(3)]
+
+    failed = start_ranks(job_env(OVERLAP_FEDAVG_FAULT="2:3:kill"), original)   # client 2 dies in round 3
+    for p in failed:
+        p.communicate(timeout=120)
+    assert all(p.returncode != 0 for p in failed)
+    assert len(read_metrics(run)) < 4
+    env = job_env()
+    procs = start_ranks(env, resumed)
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs[0][1][-2000:]
+    rows = [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run)]
+    assert rows == uninterrupted["AsyncFedAvg.py"]
+    assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
+
+
 @pytest.mark.parametrize(("script", "fault", "names"), [
     ("AsyncFedAvg.py", "2:3:kill", "rank 2 died (signal SIGKILL)"),               # while training
     ("FedAvg.py", "1:3:kill-upload", "rank 1 died (signal SIGKILL)"),             # while uploading
