@@ -83,6 +83,7 @@ class _Server:
                                              cfg.timeout) if evaluates else None
         self.resumed = resumed
         self.checkpoints = CheckpointWriter(self.out_dir)
+        self.checkpoint_options = checkpoint_options(asdict(cfg))   # the same every round
         self.first_round = 1
         if resumed is not None:
             self.update.load_state_dict(resumed["update"])
@@ -118,7 +119,7 @@ class _Server:
         pending = [{"row": entry.row, "model": entry.model if entry.evaluated else None} for entry in unwritten]
         self.checkpoints.submit({"round": round_index, "update": self.update.state_dict(),
                                  "rows": list(self.writer.rows), "pending": pending, "startup_s": self.startup_s,
-                                 "options": checkpoint_options(asdict(self.cfg))})
+                                 "options": self.checkpoint_options})
 
     def run(self) -> dict:
         cfg = self.cfg

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from Networks import build_model
-from Utils.aggregation import ServerUpdate, client_weights
+from Utils.aggregation import ServerUpdate, StreamingMoments, client_weights
 from Utils.datasets import load_dataset
 from Utils.flat import flatten_model, load_flat_into_model
 from Utils.partition import client_shards, limit_training_set
@@ -63,12 +63,12 @@ class ScheduleReplay:
         return accuracy
 
 
-def uploads_average(uploads: Uploads) -> Tensor:
-    """avg = sum_k p_k L_k, summed in client order as the server sums it."""
-    average = torch.zeros_like(uploads[0][0])
+def uploads_average(start: Tensor, uploads: Uploads) -> Tensor:
+    """avg = sum_k p_k L_k of uploads that started from `start`, summed as the server sums them."""
+    moments = StreamingMoments(start)
     for local, weight in uploads:
-        average.add_(local, alpha=weight)
-    return average
+        moments.add(local, weight)
+    return moments.result()[0]
 
 
 def server_update_step(initial: Tensor, *, overlap: bool, **server_options) -> ServerStep:

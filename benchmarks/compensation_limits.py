@@ -98,10 +98,10 @@ def hindsight_step(replay: ScheduleReplay, groups: Sequence[slice] | None, *,
                    per_coordinate: bool = False) -> ServerStep:
     """mu 0, server_lr 1, with the hindsight C; g(w) from training every client from w in the same round."""
     def step(u: int, prev: Tensor, uploads: Uploads, w: Tensor) -> Tensor:
-        avg = uploads_average(uploads)
+        avg = uploads_average(prev, uploads)
         if torch.equal(w, prev):
             return avg
-        at_current = w - uploads_average(replay.uploads(w, u - 1))
+        at_current = w - uploads_average(w, replay.uploads(w, u - 1))
         coef = hindsight_coefficient(prev - avg, at_current, w - prev, groups, per_coordinate=per_coordinate)
         return w - compensated_gradient(prev, avg, w, coef)
     return step
@@ -113,7 +113,7 @@ def coordinate_secant_step(decay: float = 0.5, shrink: float = 0.1, first: float
     state: dict = {}
 
     def step(_u: int, prev: Tensor, uploads: Uploads, w: Tensor) -> Tensor:
-        avg = uploads_average(uploads)
+        avg = uploads_average(prev, uploads)
         pseudo_grad = prev - avg
         if "last" in state and not torch.equal(prev, state["last"][1]):
             moved, changed = prev - state["last"][1], pseudo_grad - state["last"][0]
