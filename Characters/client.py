@@ -2,6 +2,8 @@
 
 Overlap-FedAvg: round r+1 trains from G_r while the upload of round r and the download of G_{r+1} run in
 the background, so every update is exactly one version stale and round 1 starts from G_0 again.
+With the client merge (--compensation local) round r+1 trains instead from G_r plus (b times) what this
+client's round r added to its own start, and the upload is that progress on top of G_r (Utils.aggregation).
 FedAvg: the same loop, but the trainer waits for each exchange right after handing it over. The schedule
 is fixed, so timing changes only how long the trainer waits, never which model it trains from.
 """
@@ -15,6 +17,7 @@ import torch
 
 from Characters.faults import act_out, injected_fault
 from Utils import transport
+from Utils.aggregation import merged_start, merged_upload
 from Utils.config import RunConfig
 from Utils.training import LocalTrainer
 from Utils.transport import RoundReport
@@ -37,9 +40,10 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
         act_out(fault, "download")
         return download()
 
-    # G_0, or where a resumed run continues: FedAvg trains round r+1 from G_r; Overlap from G_{r-1}, and G_r
-    # follows as an ordinary download, as it would have after the upload of round r.
-    global_model, first_round = transport.unpack_start(download(), model_numel)
+    # G_0, or where a resumed run continues: FedAvg trains round r+1 from G_r; Overlap from G_{r-1} (merging:
+    # this client's own start), and G_r follows as an ordinary download, as it would have after round r's upload.
+    start, first_round = transport.unpack_start(download(), model_numel)
+    global_model = start   # the newest global model held (until a resumed run's download replaces it)
     last_wait_s = last_comm_s = math.nan   # the previous exchange: trainer blocked, job duration
     deadline = transport.HangDeadline(cfg.timeout)
 
@@ -60,18 +64,24 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
             fault = injected_fault(rank, round_index)
             act_out(fault, "train")
             started = time.perf_counter()
-            local, train_loss = trainer.train_round(global_model, round_index)
+            local, train_loss = trainer.train_round(start, round_index)
             train_s = time.perf_counter() - started
             # Overlap: G_r arrives while (or after) round r+1 trains.
             if pending is not None and receive_next_global(pending):
                 return
             report = RoundReport(train_loss, train_s, last_wait_s, last_comm_s)
-            upload = transport.pack_upload(local, report)
+            sent = local
+            if cfg.client_merge:   # this round's progress on top of G_r, and the next start from both
+                sent = merged_upload(global_model, local, start)
+                start = merged_start(global_model, sent, cfg.merge_weight)
+            upload = transport.pack_upload(sent, report)
             pending = comm.submit(lambda upload=upload, fault=fault: exchange(upload, fault))
             if not cfg.overlap:   # FedAvg: block on the exchange
                 stop, pending = receive_next_global(pending), None
                 if stop:
                     return
+            if not cfg.client_merge:
+                start = global_model
             deadline.observe(time.perf_counter() - started)
         if pending is not None and receive_next_global(pending):
             return

@@ -302,7 +302,8 @@ def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
     shape = JobShape(cfg.world_size, model_bytes, train_bytes=0 if text else train * size.sample_numel * 4,
                      test_bytes=test * (8 if text else size.sample_numel),
                      corpus_tokens=size.train + size.test if text else 0,
-                     snapshot_bytes=min(evaluations, max_pending_snapshots(model_bytes)) * model_bytes, forked=forked)
+                     snapshot_bytes=min(evaluations, max_pending_snapshots(model_bytes)) * model_bytes,
+                     merge_state_bytes=(cfg.num_clients + 1) * model_bytes if cfg.client_merge else 0, forked=forked)
     needed, available = job_memory_bytes(shape), available_bytes()
     log.info("memory: about %.1f GB for the job's %d processes%s", needed / 2**30, cfg.world_size,
              f", {available / 2**30:.1f} GB available" if available is not None else "")

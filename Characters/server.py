@@ -20,7 +20,14 @@ from tqdm import tqdm
 from Characters.evaluation import BackgroundEvaluator
 from Characters.faults import act_out, injected_fault
 from Utils import transport
-from Utils.aggregation import ADAPTIVE_COMPENSATIONS, ServerUpdate, StreamingMoments, client_weights
+from Utils.aggregation import (
+    ADAPTIVE_COMPENSATIONS,
+    ServerUpdate,
+    StreamingMoments,
+    client_weights,
+    merged_start,
+    uploads_are_stale,
+)
 from Utils.checkpoint import CheckpointWriter, checkpoint_options, read_checkpoint
 from Utils.config import RunConfig
 from Utils.datasets import ImageData
@@ -72,10 +79,15 @@ class _Server:
         self.weights = client_weights(num_samples)
         self.clients = list(range(1, cfg.world_size))
         self.model_numel = model_size(model)
-        self.update = ServerUpdate(flatten_model(model), stale=cfg.overlap, momentum=cfg.mom,
+        self.update = ServerUpdate(flatten_model(model), stale=uploads_are_stale(cfg.overlap, cfg.compensation),
+                                   momentum=cfg.mom,
                                    server_lr=cfg.server_lr, compensation=cfg.compensation, lambd=cfg.lambd,
                                    comp_coef=cfg.comp_coef, num_buffers=buffer_size(model))
         self.upload = torch.empty(transport.upload_size(self.model_numel))
+        # The client merge: each client's next start depends on its last upload and the global model that upload
+        # was built on, so a checkpoint keeps both (N + 1 models), to send every client its start on --resume.
+        self.merge_base: torch.Tensor | None = None
+        self.last_uploads: list[torch.Tensor] = []
         self.last_sent = 0.0
         self.deadline = transport.HangDeadline(cfg.timeout)
         evaluates = cfg.eval_every > 0 or cfg.early_stop is not None
@@ -87,6 +99,8 @@ class _Server:
         self.first_round = 1
         if resumed is not None:
             self.update.load_state_dict(resumed["update"])
+            if cfg.client_merge:
+                self.merge_base, self.last_uploads = resumed["merge_base"], list(resumed["last_uploads"])
             self.first_round = resumed["round"] + 1
             if self.evaluator is not None:
                 best = best_row(resumed["rows"], self.metric)
@@ -94,10 +108,16 @@ class _Server:
 
     def send_start(self) -> None:
         """G_0; or, resuming after round r, what the clients' next round trains from (G_r, Overlap G_{r-1}
-        then G_r), so that the pipeline continues exactly."""
+        then G_r; with the client merge each client's own start, then G_r), so that the pipeline continues
+        exactly."""
         first = self.first_round - 1
-        start = self.update.upload_start if self.cfg.overlap and first > 0 else self.update.current
-        transport.send_to_all(transport.pack_start(start, first), self.clients)
+        if self.cfg.client_merge and first > 0:
+            for client, upload in zip(self.clients, self.last_uploads, strict=True):
+                start = merged_start(self.merge_base, upload, self.cfg.merge_weight)
+                transport.send_to_all(transport.pack_start(start, first), [client])
+        else:
+            start = self.update.upload_start if self.cfg.overlap and first > 0 else self.update.current
+            transport.send_to_all(transport.pack_start(start, first), self.clients)
         if self.cfg.overlap and first > 0:
             transport.send_to_all(transport.pack_download(self.update.current, stop=False), self.clients)
         self.last_sent = time.perf_counter()
@@ -117,9 +137,10 @@ class _Server:
         """checkpoint.pt after this round: the server update, the rows, and the rows still waiting with the
         models they wait to evaluate (Utils/checkpoint.py)."""
         pending = [{"row": entry.row, "model": entry.model if entry.evaluated else None} for entry in unwritten]
+        merge = {"merge_base": self.merge_base, "last_uploads": self.last_uploads} if self.cfg.client_merge else {}
         self.checkpoints.submit({"round": round_index, "update": self.update.state_dict(),
                                  "rows": list(self.writer.rows), "pending": pending, "startup_s": self.startup_s,
-                                 "options": self.checkpoint_options})
+                                 "options": self.checkpoint_options, **merge})
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -143,6 +164,8 @@ class _Server:
             if unwritten:   # these uploads carry the communication figures of the last round
                 unwritten[-1].reports, unwritten[-1].reports_in = reports, True
             if diverged is None:
+                if self.cfg.client_merge:   # the model these uploads were built on (replaced, never modified)
+                    self.merge_base = self.update.current.clone()
                 self.update.apply(moments)
                 if not torch.isfinite(self.update.current).all():
                     diverged = ("the server update made the global model non-finite; the run diverged: try a "
@@ -201,15 +224,22 @@ class _Server:
         """Every client's upload, in fixed client order, folded into the update's running sums; and what
         diverged, if an upload is not finite (all are received even then, so that no client is left sending)."""
         moments, reports, diverged = self.update.new_round(), [], None
+        uploads = []
         for client, weight in zip(self.clients, self.weights, strict=True):
-            transport.recv(self.upload, client, timeout_s=self.deadline.seconds,
+            # The client merge keeps every upload for the checkpoint: each in a buffer of its own.
+            buffer = torch.empty_like(self.upload) if self.cfg.client_merge else self.upload
+            transport.recv(buffer, client, timeout_s=self.deadline.seconds,
                            waiting_for=f" (the server was waiting for client {client}'s upload of round {round_index})")
-            local, report = transport.unpack_upload(self.upload, self.model_numel)
+            local, report = transport.unpack_upload(buffer, self.model_numel)
+            if self.cfg.client_merge:
+                uploads.append(local)
             if diverged is None and not (math.isfinite(report.train_loss) and torch.isfinite(local).all()):
                 diverged = (f"client {client}'s model is not finite (its training loss: {report.train_loss:.4g}); "
                             f"the run diverged: try a smaller --lr")
             moments.add(local, weight)
             reports.append(report)
+        if self.cfg.client_merge:
+            self.last_uploads = uploads
         return moments, reports, diverged
 
     def broadcast(self, *, stop: bool, round_index: int = 0, reports: list[RoundReport] = ()) -> dict:
@@ -225,7 +255,7 @@ class _Server:
                "bytes_up": len(reports) * self.upload.numel() * self.upload.element_size(),
                "bytes_down": bytes_down,
                # the scalar C of the compensation (adaptive forms: this update's estimate); FedAvg has none
-               "comp_coef": self.update.last_comp_coef if self.cfg.overlap and reports else None}
+               "comp_coef": self.update.last_comp_coef if self.update.stale and reports else None}
         self.last_sent = now
         return row
 
@@ -292,7 +322,9 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
     """Run R rounds; return the summary (also logged, and written to the run directory)."""
     server = _Server(cfg, data, model, num_samples)
     log.info("%d clients, %s samples each; %s", len(server.clients), ", ".join(f"{n:,}" for n in num_samples),
-             "Overlap-FedAvg (one-version-stale pipeline)" if cfg.overlap else "FedAvg (blocking)")
+             "FedAvg (blocking)" if not cfg.overlap else
+             f"Overlap-FedAvg, client merge b = {cfg.merge_weight:g}" if cfg.client_merge else
+             f"Overlap-FedAvg (one-version-stale pipeline, {cfg.compensation} compensation)")
     log.info("server resident memory %.1f MB after loading (peak %.1f MB)", resident_mb("VmRSS"), resident_mb())
     reset_peak_resident()
     return server.run()

@@ -9,6 +9,11 @@ global model the uploads started from; `w` the current global model.
     g_c  = g + C * (w - prev)              compensation for one-version staleness
     buf  = mu * buf + g_c ;  w = w - server_lr * (g_c + mu * buf)      (Nesterov)
 
+The client-side merge (`local`) moves the staleness correction to the clients: client k uploads
+U_k = G_r + (L_k - x_k), its round's progress on top of the newest global model G_r it holds, and starts
+its next round from x_k = G_r + b (U_k - G_r). The uploads are then relative to w itself, so the server
+runs FedAvg's update (no compensation; with mu and server_lr, FedAvgM's step).
+
 Nothing here touches torch.distributed or devices; the server (Characters/) feeds uploads in.
 """
 import math
@@ -20,7 +25,10 @@ from torch import Tensor
 from Optimizer.SGD import SGD
 
 # How C of g_c = g + C * (w - prev) is set; "secant" estimates it every update (ADAPTIVE_COMPENSATIONS).
-COMPENSATIONS = ("official", "dcasgd", "full", "none", "constant", "secant")
+# CLIENT_MERGE is no server-side form: the clients correct the staleness (merged_upload, merged_start).
+SERVER_COMPENSATIONS = ("official", "dcasgd", "full", "none", "constant", "secant")
+CLIENT_MERGE = "local"
+COMPENSATIONS = (*SERVER_COMPENSATIONS, CLIENT_MERGE)
 ADAPTIVE_COMPENSATIONS = ("secant",)
 
 # Weights are p_k = n_k / sum(n); their float sum may miss 1 by rounding, never by more than this.
@@ -90,9 +98,32 @@ def _check_compensation(mode: str) -> None:
         raise ValueError(f"unknown compensation {mode!r}; choose one of {', '.join(COMPENSATIONS)}")
 
 
+def uploads_are_stale(overlap: bool, compensation: str) -> bool:
+    """Whether the server's uploads started from an older global model than its current one: Overlap-FedAvg's
+    uploads do, one version behind, unless the clients merge (their uploads are progress on top of w)."""
+    _check_compensation(compensation)
+    return overlap and compensation != CLIENT_MERGE
+
+
+def merged_upload(global_model: Tensor, local: Tensor, start: Tensor) -> Tensor:
+    """U = G_r + (L - x): what a merging client uploads after a round that trained `start` (x) into `local`
+    (L), with G_r the newest global model it holds. The server averages these like FedAvg's models."""
+    return global_model + (local - start)
+
+
+def merged_start(global_model: Tensor, upload: Tensor, merge_weight: float) -> Tensor:
+    """x = G_r + b (U - G_r) = (1 - b) G_r + b U: where a merging client trains its next round from, with U its
+    merged_upload built on G_r and b the merge weight. b = 1 keeps all of the client's own progress (x = U
+    exactly), b = 0 drops it (x = G_r: the `none` form, up to rounding), between them the mix of the two."""
+    if not 0.0 <= merge_weight <= 1.0:
+        raise ValueError(f"the merge weight b must be between 0 and 1, got {merge_weight}")
+    return torch.lerp(global_model, upload, merge_weight)   # exactly G_r at b = 0 and U at b = 1
+
+
 def compensation_coefficient(mode: str, spread: Tensor, lambd: float, constant: float = 0.0) -> Tensor | float:
     """C of g_c = g + C * (w - prev) for the fixed forms: official lambda*v*v, dcasgd lambda*v, full 1,
-    none 0, constant `constant`. The adaptive forms are estimated by ServerUpdate (secant_coefficient)."""
+    none 0, constant `constant`; the client merge 0 (its uploads are not stale). The adaptive forms are
+    estimated by ServerUpdate (secant_coefficient)."""
     _check_compensation(mode)
     if mode in ADAPTIVE_COMPENSATIONS:
         raise ValueError(f"{mode!r} is estimated from the updates (see secant_coefficient), not fixed")
@@ -100,7 +131,7 @@ def compensation_coefficient(mode: str, spread: Tensor, lambd: float, constant: 
         return lambd * spread * spread
     if mode == "dcasgd":
         return lambd * spread
-    return {"full": 1.0, "none": 0.0, "constant": constant}[mode]
+    return {"full": 1.0, "none": 0.0, "constant": constant, CLIENT_MERGE: 0.0}[mode]
 
 
 def secant_coefficient(pseudo_grad: Tensor, last_pseudo_grad: Tensor, start: Tensor,
@@ -138,6 +169,7 @@ class ServerUpdate:
 
     stale=False (FedAvg): the uploads started from w, so w - prev = 0 and the compensation is void.
     stale=True (Overlap): the uploads of update u started from G_0 for u = 1, 2 and G_{u-2} after.
+    compensation=CLIENT_MERGE: the clients merged (uploads_are_stale is False), so stale must be False.
     comp_coef: C of the `constant` form, and the secant form's value until it has two starts to compare.
     num_buffers: the last entries of the flat model are buffers (BatchNorm statistics), not parameters:
     they are set to the clients' plain average, outside compensation and momentum.
@@ -153,6 +185,9 @@ class ServerUpdate:
             raise ValueError(f"lambda must be >= 0, got {lambd}")
         if not 0.0 <= comp_coef <= 1.0:
             raise ValueError(f"the compensation coefficient C must be between 0 and 1, got {comp_coef}")
+        if stale and compensation == CLIENT_MERGE:
+            raise ValueError(f"--compensation {CLIENT_MERGE}: the clients merge, so the uploads are not stale "
+                             f"(see uploads_are_stale)")
         if not 0 <= num_buffers < initial.numel():
             raise ValueError(f"num_buffers must be between 0 and the model size {initial.numel() - 1}, "
                              f"got {num_buffers}")

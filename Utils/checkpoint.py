@@ -3,8 +3,10 @@
 checkpoint.pt holds the server update's state (Utils.aggregation.ServerUpdate.state_dict: the global model,
 the model the next uploads start from, the momentum buffer, the secant form's last update), the round it
 was taken after, the metrics rows up to that round, the start-up time, and the options that decide the
-result, to refuse a checkpoint of another run. Clients need nothing saved: every random choice of a round
-derives from (seed, rank, round, epoch), and the server sends them the models they train from.
+result, to refuse a checkpoint of another run; with the client merge also every client's last upload and the
+global model it was built on ("last_uploads", "merge_base"), from which each client's next start follows.
+Clients need nothing saved: every random choice of a round derives from (seed, rank, round, epoch), and the
+server sends them the models they train from.
 
 It is written atomically (a temporary file, flushed to disk, then renamed over the previous one), so a
 crash at any moment leaves the last complete checkpoint, and it loads with torch.load(weights_only=True):

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from Networks import MODEL_NAMES
-from Utils.aggregation import COMPENSATIONS
+from Utils.aggregation import CLIENT_MERGE, COMPENSATIONS
 from Utils.datasets import DATASET_NAMES
 from Utils.partition import PARTITION_SCHEMES
 
@@ -151,9 +151,15 @@ class RunConfig:
         "compensation strength lambda (official and dcasgd forms)", type=non_negative_float, scripts=(ASYNC,),
         cli_default={ASYNC: 0.04}, grid=(ASYNC,))
     compensation: str = option("none",
-        "staleness compensation C of g_c = g + C (w - prev): official lambda*v*v, dcasgd lambda*v, full 1, "
-        "none 0, constant --comp_coef, secant: estimated every update from the last two, starting at "
-        "--comp_coef", choices=COMPENSATIONS, scripts=(ASYNC,), cli_default={ASYNC: "secant"})
+        "how the one-version staleness is corrected. local: by the clients, each starting its next round from "
+        "the late global model plus --merge_weight times its own last round's progress (the server then "
+        "averages as FedAvg does). On the server, C of g_c = g + C (w - prev): official lambda*v*v, dcasgd "
+        "lambda*v, full 1, none 0, constant --comp_coef, secant: estimated every update from the last two, "
+        "starting at --comp_coef", choices=COMPENSATIONS, scripts=(ASYNC,), cli_default={ASYNC: "secant"})
+    merge_weight: float = option(1.0,
+        "--compensation local: the share b of its own progress a client keeps when the late global model "
+        "arrives (x = G + b * delta; 1: all of it, 0: none, as --compensation none)", type=unit_interval,
+        scripts=(ASYNC,))
     comp_coef: float = option(0.5,
         "the compensation coefficient C in [0, 1] of --compensation constant, and the secant estimate's "
         "value until it has two different starts to compare", type=unit_interval, scripts=(ASYNC,))
@@ -167,6 +173,11 @@ class RunConfig:
     @property
     def num_clients(self) -> int:
         return self.world_size - 1
+
+    @property
+    def client_merge(self) -> bool:
+        """The clients correct the staleness (--compensation local), not the server."""
+        return self.overlap and self.compensation == CLIENT_MERGE
 
     def with_run_dir(self) -> RunConfig:
         """The same config with out_dir resolved to a fresh runs/<script>-<dataset>-<model>-<time> folder."""

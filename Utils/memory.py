@@ -7,7 +7,7 @@ The estimate is a model of where a job's memory goes, calibrated on this project
 - the training samples as float32, each in exactly one client's shard, so the total is the training set's
   whatever the number of clients; text corpora are tokenised by every rank;
 - a few copies of the model per rank (model, gradients, flat vectors, messages), and on the server the
-  snapshots waiting for evaluation.
+  snapshots waiting for evaluation and, with the client merge, every client's last upload for the checkpoint.
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ class JobShape:
     test_bytes: int             # the test set as the server holds it (uint8 images, int64 tokens)
     corpus_tokens: int = 0      # text: tokens every rank reads (train + valid + test)
     snapshot_bytes: int = 0     # models that may wait for evaluation on the server
+    merge_state_bytes: int = 0  # the client merge: the server keeps each client's last upload and its base
     forked: bool = True         # ranks are forks of one preloaded process (CPU) rather than spawned
 
 
@@ -69,7 +70,8 @@ def job_memory_bytes(shape: JobShape) -> int:
     shared = SHARED_IMPORT_BYTES * (2 if shape.forked else shape.world_size + 1)   # + the launcher's import
     per_rank = RANK_PRIVATE_BYTES + MODEL_COPIES_PER_RANK * shape.model_bytes \
         + shape.corpus_tokens * TOKEN_BYTES_WHILE_LOADING
-    return shared + shape.world_size * per_rank + shape.train_bytes + shape.test_bytes + shape.snapshot_bytes
+    return shared + shape.world_size * per_rank + shape.train_bytes + shape.test_bytes + shape.snapshot_bytes \
+        + shape.merge_state_bytes
 
 
 def memory_refusal(needed: int, available: int | None) -> str | None:

@@ -13,7 +13,14 @@ import torch
 from torch import Tensor
 
 from Networks import build_model
-from Utils.aggregation import ServerUpdate, StreamingMoments, client_weights
+from Utils.aggregation import (
+    ServerUpdate,
+    StreamingMoments,
+    client_weights,
+    merged_start,
+    merged_upload,
+    uploads_are_stale,
+)
 from Utils.datasets import load_dataset
 from Utils.flat import flatten_model, load_flat_into_model
 from Utils.partition import client_shards, limit_training_set
@@ -48,6 +55,21 @@ class ScheduleReplay:
         return [(trainer.train_round(start, round_index)[0], weight)
                 for trainer, weight in zip(self.trainers, self.weights, strict=True)]
 
+    def run_client_merge(self, step: ServerStep, rounds: int, *, merge_weight: float = 1.0) -> list[float]:
+        """Test accuracy of G_1..G_rounds with the client merge (--compensation local): client k's round r
+        trains from its own start x_k (G_0 in round 0), uploads U_k = G_r + (L_k - x_k) and starts round r + 1
+        from G_r + b (U_k - G_r); update r + 1 averages the uploads relative to w = G_r itself."""
+        versions, accuracy = [self.initial.clone()], []
+        starts = [self.initial] * len(self.trainers)
+        for r in range(rounds):
+            latest = versions[-1]   # G_r: what every client holds when it uploads round r
+            uploads = [(merged_upload(latest, trainer.train_round(start, r)[0], start), weight)
+                       for trainer, start, weight in zip(self.trainers, starts, self.weights, strict=True)]
+            starts = [merged_start(latest, upload, merge_weight) for upload, _ in uploads]
+            versions.append(step(r + 1, latest, uploads, latest).clone())
+            accuracy.append(self.accuracy(versions[-1]))
+        return accuracy
+
     def accuracy(self, flat: Tensor) -> float:
         load_flat_into_model(flat, self.model)
         return evaluate(self.model, self.data)["accuracy"]
@@ -73,7 +95,8 @@ def uploads_average(start: Tensor, uploads: Uploads) -> Tensor:
 
 def server_update_step(initial: Tensor, *, overlap: bool, **server_options) -> ServerStep:
     """The ServerUpdate a job runs (Utils.aggregation), as a ServerStep."""
-    update = ServerUpdate(initial, stale=overlap, **server_options)
+    stale = uploads_are_stale(overlap, server_options.get("compensation", "none"))
+    update = ServerUpdate(initial, stale=stale, **server_options)
 
     def step(_u: int, prev: Tensor, uploads: Uploads, _w: Tensor) -> Tensor:
         moments = update.new_round()

@@ -3,9 +3,11 @@
 Star topology (DESIGN §2): rank 0 is the server, ranks 1..N are clients, and every message is one flat
 float32 tensor sent point to point. The message format lives here and nowhere else:
 
-    upload    the client's model, then its RoundReport (REPORT_FIELDS)        upload_size(numel)
+    upload    the client's model (client merge: G_r + its round's progress), then its RoundReport
+              (REPORT_FIELDS)                                                 upload_size(numel)
     start     the model the first round trains from, then that round's index  download_size(numel)
-              (0, or where a resumed run continues); always the first download
+              (0, or where a resumed run continues); always the first download; a resumed client
+              merge sends each client its own start
     download  the global model, then one flag: CONTINUE or STOP               download_size(numel)
     report    a RoundReport alone: a client's last job, after the final download
     hello     a client's fingerprint (HELLO_SIZE numbers), first of all: the server refuses a client whose

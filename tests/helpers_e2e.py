@@ -12,6 +12,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
+from Utils.aggregation import CLIENT_MERGE
 from Utils.replay import ScheduleReplay, server_update_step
 
 # A small MNIST job: 3 processes (server + 2 clients), a 6,000-sample subset, few rounds.
@@ -64,7 +65,11 @@ def wait_until_gone(tag: str, within_s: float = 15.0) -> list[int]:
     return alive
 
 
-def replay_schedule(data_root: Path, rounds: int, *, overlap: bool, **server_options) -> list[float]:
+def replay_schedule(data_root: Path, rounds: int, *, overlap: bool, merge_weight: float = 1.0,
+                    **server_options) -> list[float]:
     """QUICK_MNIST's schedule in one process (Utils.replay): the test accuracy of G_1..G_rounds."""
     replay = ScheduleReplay(data_root, num_clients=2, max_train_samples=6000)
-    return replay.run(server_update_step(replay.initial, overlap=overlap, **server_options), rounds, overlap=overlap)
+    step = server_update_step(replay.initial, overlap=overlap, **server_options)
+    if overlap and server_options.get("compensation") == CLIENT_MERGE:
+        return replay.run_client_merge(step, rounds, merge_weight=merge_weight)
+    return replay.run(step, rounds, overlap=overlap)

@@ -6,13 +6,18 @@ from torch.testing import assert_close
 
 from Utils.aggregation import (
     ADAPTIVE_COMPENSATIONS,
+    CLIENT_MERGE,
     COMPENSATIONS,
+    SERVER_COMPENSATIONS,
     ServerUpdate,
     StreamingMoments,
     client_weights,
     compensated_gradient,
     compensation_coefficient,
+    merged_start,
+    merged_upload,
     secant_coefficient,
+    uploads_are_stale,
 )
 
 DIM = 64
@@ -118,7 +123,7 @@ def test_streaming_moments_misuse():
 #   secant   no earlier start to compare with: C = comp_coef, here 0.25, as constant
 PREV, CURRENT, LOCALS, WEIGHTS, LAMBD = t(1, 0, 2), t(2, 1, 3), [t(3, 0, 2), t(1, 4, 0)], [0.25, 0.75], 0.5
 CONSTANT = 0.25
-FIXED = [mode for mode in COMPENSATIONS if mode not in ADAPTIVE_COMPENSATIONS]
+FIXED = [mode for mode in SERVER_COMPENSATIONS if mode not in ADAPTIVE_COMPENSATIONS]
 EXPECTED_COEF = {"official": t(0.5, 72, 4.5), "dcasgd": t(0.5, 6, 1.5), "full": 1.0, "none": 0.0,
                  "constant": CONSTANT}
 EXPECTED_GC = {"official": t(0, 69, 6), "dcasgd": t(0, 3, 3), "full": t(0.5, -2, 2.5),
@@ -153,7 +158,7 @@ def test_compensation_hand_computed(mode):
         assert torch.equal(before, after)  # pure: nothing modified in place
 
 
-@pytest.mark.parametrize("mode", COMPENSATIONS)
+@pytest.mark.parametrize("mode", SERVER_COMPENSATIONS)
 def test_server_update_hand_computed(mode):
     """Update 1 takes G_0 = PREV to G_1 = CURRENT (no staleness yet); update 2's uploads started from
     G_0 = PREV, so with mu 0 and server_lr 1: G_2 = CURRENT - g_c."""
@@ -241,7 +246,7 @@ def test_no_staleness_gives_fedavg_average(mode):
         assert_close(server.apply(moments), weighted_average(locals_, weights), rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("mode", COMPENSATIONS)
+@pytest.mark.parametrize("mode", SERVER_COMPENSATIONS)
 def test_first_overlap_update_is_fedavg(mode):
     """Update 1 of Overlap has no staleness yet (prev == w == G_0)."""
     weights = client_weights([1, 3])
@@ -396,6 +401,97 @@ def test_apply_rejects_moments_of_another_update():
     server.apply(moments_of_update_1)
     with pytest.raises(ValueError, match="new_round"):
         server.apply(moments_of_update_1)  # used twice
+
+
+# ---- the client merge -----------------------------------------------------------------------------
+
+def test_merged_upload_and_start_hand_computed():
+    """U = G + (L - x); x_next = G + b (U - G), exactly G at b = 0 and exactly U at b = 1."""
+    latest, local, start = t(1, 2), t(4, 0), t(2, 2)
+    upload = merged_upload(latest, local, start)
+    assert torch.equal(upload, t(3, 0))
+    assert torch.equal(merged_start(latest, upload, 1.0), upload)
+    assert torch.equal(merged_start(latest, upload, 0.0), latest)
+    assert torch.equal(merged_start(latest, upload, 0.5), t(2, 1))
+    assert torch.equal(merged_start(latest, upload, 0.25), t(1.5, 1.5))
+    with pytest.raises(ValueError, match="merge weight b must be between 0 and 1"):
+        merged_start(latest, upload, 1.5)
+
+
+def test_merging_uploads_are_not_stale():
+    assert uploads_are_stale(True, "secant") and not uploads_are_stale(True, CLIENT_MERGE)
+    assert not uploads_are_stale(False, "none")
+    with pytest.raises(ValueError, match="the clients merge, so the uploads are not stale"):
+        ServerUpdate(t(1.0), stale=True, compensation=CLIENT_MERGE)
+
+
+def merge_pipeline(initial, optima, weights, contraction, rounds: int, merge_weight: float) -> list[torch.Tensor]:
+    """The Overlap pipeline with the client merge on a quadratic (Characters/client.py's order): client k's
+    round trains its own start x_k into x_k - A (x_k - opt_k), uploads U_k = G_r + (L_k - x_k) and starts its
+    next round from G_r + b (U_k - G_r); the server averages like FedAvg. Returns G_1..G_rounds."""
+    server = ServerUpdate(initial, stale=False, compensation=CLIENT_MERGE)
+    starts, models = [initial] * len(optima), []
+    for _ in range(rounds):
+        latest = server.current.clone()   # G_r, what every client holds when it uploads this round
+        uploads = [merged_upload(latest, start - contraction * (start - optimum), start)
+                   for start, optimum in zip(starts, optima, strict=True)]
+        starts = [merged_start(latest, upload, merge_weight) for upload in uploads]
+        moments = server.new_round()
+        for upload, p in zip(uploads, weights, strict=True):
+            moments.add(upload, p)
+        models.append(server.apply(moments).clone())
+    return models
+
+
+def quadratic_case(dim: int = 16):
+    """Three non-IID clients (their own optima) sharing one Hessian H: K local SGD steps at lr eta go the
+    fraction A = 1 - (1 - eta H)^K of the way, the same for every client, coordinate by coordinate."""
+    generator = torch.Generator().manual_seed(7)
+    optima = [torch.randn(dim, generator=generator, dtype=torch.float64) for _ in range(3)]
+    contraction = 1 - (1 - 0.1 * torch.linspace(0.5, 5.0, dim, dtype=torch.float64)) ** 5
+    initial = torch.randn(dim, generator=generator, dtype=torch.float64)
+    return initial, optima, client_weights([20, 50, 30]), contraction
+
+
+def test_the_full_merge_on_a_shared_hessian_is_fedavg_exactly():
+    """b = 1: the clients' mean start is the current global model, and on a quadratic whose clients share H
+    the average step from their starts is FedAvg's step from that model, so the pipeline is FedAvg, with no
+    staleness left at all; without the merge (b = 0) it is the one-version-stale `none` form, far off."""
+    initial, optima, weights, contraction = quadratic_case()
+    fedavg, model = [], initial
+    for _ in range(8):
+        model = sum(p * (model - contraction * (model - opt)) for opt, p in zip(optima, weights, strict=True))
+        fedavg.append(model)
+    merged = merge_pipeline(initial, optima, weights, contraction, 8, merge_weight=1.0)
+    unmerged = merge_pipeline(initial, optima, weights, contraction, 8, merge_weight=0.0)
+    for ours, theirs in zip(merged, fedavg, strict=True):
+        assert_close(ours, theirs, rtol=0, atol=1e-12)
+    assert (unmerged[-1] - fedavg[-1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("merge_weight", [0.0, 0.3, 0.7, 1.0])
+def test_the_merge_weight_sets_the_staleness_of_the_mean_start(merge_weight):
+    """With e_r = G_r - opt (opt = sum p_k opt_k) the pipeline follows e_{r+1} = e_r - A ((1 - b) e_{r-1} + b e_r):
+    the clients' mean start lags the current model by (1 - b) of one version. b = 1 gives FedAvg's
+    e_{r+1} = (1 - A) e_r; b = 0 the `none` form's e_{r+1} = e_r - A e_{r-1}, which oscillates when A is near 1."""
+    initial, optima, weights, contraction = quadratic_case()
+    optimum = sum(p * opt for opt, p in zip(optima, weights, strict=True))
+    errors = [initial - optimum, initial - optimum]   # e_{-1} = e_0: round 0 starts from G_0
+    for _ in range(8):
+        errors.append(errors[-1] - contraction * ((1 - merge_weight) * errors[-2] + merge_weight * errors[-1]))
+    pipeline = merge_pipeline(initial, optima, weights, contraction, 8, merge_weight)
+    for model, error in zip(pipeline, errors[2:], strict=True):
+        assert_close(model - optimum, error, rtol=0, atol=1e-12)
+    if merge_weight == 0.0:   # the server-side `none` form computes the same sequence
+        server, models = ServerUpdate(initial, stale=True, compensation="none"), []
+        for _ in range(8):
+            start = server.upload_start
+            moments = server.new_round()
+            for opt, p in zip(optima, weights, strict=True):
+                moments.add(start - contraction * (start - opt), p)
+            models.append(server.apply(moments).clone())
+        for ours, theirs in zip(pipeline, models, strict=True):
+            assert_close(ours, theirs, rtol=0, atol=1e-12)
 
 
 # ---- user errors ----------------------------------------------------------------------------------

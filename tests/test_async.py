@@ -44,6 +44,28 @@ def test_the_secant_coefficient_is_estimated_and_logged_every_round(mnist_root, 
     assert [f"{a:.6g}" for a in replayed] == [r["accuracy"] for r in rows]
 
 
+@pytest.mark.parametrize("merge", [("--merge_weight", "1"),
+                                   ("--merge_weight", "0.5", "--mom", "0.5", "--server_lr", "0.7")],
+                         ids=["full-merge", "half-merge-fedavgm"])
+def test_the_client_merge_trains_exactly_the_replayed_schedule_on_any_link(merge, mnist_root, tmp_path):
+    """--compensation local: each client starts from the late global model plus b times its own progress; the
+    server averages as FedAvg(M) does. Bit for bit the one-process replay, on a fast and on a slow link."""
+    options = (*QUICK_MNIST, "--max_epoch", "3", "--compensation", "local", *merge)
+    fast = run_job("AsyncFedAvg.py", *options, out_dir=tmp_path / "fast", data_dir=mnist_root)
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    rows = read_metrics(tmp_path / "fast")
+    assert all(r["comp_coef"] == "" for r in rows) and "client merge" in fast.stderr   # no server-side C
+    values = dict(zip(merge[::2], merge[1::2], strict=True))
+    replayed = replay_schedule(mnist_root, 3, overlap=True, compensation="local",
+                               merge_weight=float(values["--merge_weight"]), momentum=float(values.get("--mom", 0)),
+                               server_lr=float(values.get("--server_lr", 1)))
+    assert [f"{a:.6g}" for a in replayed] == [r["accuracy"] for r in rows]
+    slow = run_job("AsyncFedAvg.py", *options, "--bandwidth", "100", "--latency", "30", out_dir=tmp_path / "slow",
+                   data_dir=mnist_root)
+    assert slow.returncode == 0, slow.stderr[-3000:]
+    assert without_timing(read_metrics(tmp_path / "slow")) == without_timing(rows)
+
+
 def test_identical_metrics_on_a_slow_emulated_link(overlap_run, mnist_root, tmp_path):
     # 799 kB per message at 100 Mbit/s + 30 ms latency: ~90 ms per transfer, near the training time.
     done = run_job("AsyncFedAvg.py", *QUICK_MNIST, *SERVER, "--max_epoch", "3", "--bandwidth", "100",

@@ -87,7 +87,8 @@ FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, dataset="mn
                        alpha=0.5, data_dir="./data", out_dir=None, gpus=None, backend="gloo",
                        master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, eval_every=1,
                        max_train_samples=None, resume=None, test_samples=None, timeout=1800.0, threads=1, mom=0.0,
-                       server_lr=1.0, lambd=0.0, compensation="none", comp_coef=0.5, early_stop=None, launch_time=None)
+                       server_lr=1.0, lambd=0.0, compensation="none", comp_coef=0.5, merge_weight=1.0, early_stop=None,
+                       launch_time=None)
 ASYNC_DEFAULTS = {**FEDAVG_DEFAULTS, "script": "AsyncFedAvg", "overlap": True, "lambd": 0.04,
                   "compensation": "secant"}
 

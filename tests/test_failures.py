@@ -140,6 +140,9 @@ def test_a_dead_peer_ends_a_job_started_rank_by_rank(mnist_root, tmp_path):
 
 
 FAULT_OPTIONS = [a for a in QUICK_MNIST if a not in ("--timeout", "60")] + ["--timeout", "20", "--max_epoch", "4"]
+# Overlap-FedAvg with the client merge: every client carries state (its start) that a resume must restore.
+SCRIPT_OPTIONS = {"FedAvg.py": [],
+                  "AsyncFedAvg.py": ["--compensation", "local", "--merge_weight", "0.5", "--mom", "0.5"]}
 TIMING = ("round_s", "train_s", "comm_wait_s", "comm_s", "wall_s", "eval_s")
 
 
@@ -149,7 +152,7 @@ def uninterrupted(mnist_root, tmp_path_factory) -> dict:
     metrics = {}
     for script in SCRIPTS:
         out_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-        done = run_job(script, *FAULT_OPTIONS, out_dir=out_dir, data_dir=mnist_root)
+        done = run_job(script, *FAULT_OPTIONS, *SCRIPT_OPTIONS[script], out_dir=out_dir, data_dir=mnist_root)
         assert done.returncode == 0, done.stderr[-2000:]
         metrics[script] = [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(out_dir)]
     return metrics
@@ -159,7 +162,7 @@ def test_a_job_started_rank_by_rank_resumes_as_on_several_machines(uninterrupted
     """docs/resume.md: rank 0 gets --resume RUN_DIR, the clients the run's original command line; the server
     tells them the round. The resumed run ends with the uninterrupted run's metrics."""
     run, port = tmp_path / "run", str(free_port())
-    options = [a for a in FAULT_OPTIONS if a not in ("--master_port", "0")]
+    options = [a for a in FAULT_OPTIONS if a not in ("--master_port", "0")] + SCRIPT_OPTIONS["AsyncFedAvg.py"]
     original = [sys.executable, "AsyncFedAvg.py", *options, "--out_dir", str(run), "--data_dir", str(mnist_root)]
     resumed = [sys.executable, "AsyncFedAvg.py", "--resume", str(run), "--timeout", "20", "--data_dir", str(mnist_root)]
 
@@ -199,7 +202,8 @@ def test_a_fault_ends_the_job_in_one_line_and_the_checkpoint_resumes(script, fau
     env = job_env(OVERLAP_FEDAVG_FAULT=fault)
     run = tmp_path / "run"
     started = time.monotonic()
-    failed = run_job(script, *FAULT_OPTIONS, out_dir=run, data_dir=mnist_root, env=env, timeout=120)
+    failed = run_job(script, *FAULT_OPTIONS, *SCRIPT_OPTIONS[script], out_dir=run, data_dir=mnist_root, env=env,
+                     timeout=120)
     assert failed.returncode == 1
     errors = [line for line in failed.stderr.splitlines() if "[launcher] ERROR" in line]
     assert len(errors) == 1 and names in errors[0], failed.stderr[-2000:]

@@ -49,3 +49,18 @@ def test_the_estimate_is_logged_for_every_job(dataset, model, mnist_root, ptb_ro
     with caplog.at_level("INFO", logger=launch.log.name):
         launch._check_memory(cfg, launch.dataset_size(dataset, root), forked=True)
     assert "memory: about" in caplog.text and "for the job's 5 processes" in caplog.text
+
+
+def test_the_client_merge_counts_the_uploads_the_server_keeps(mnist_root, monkeypatch):
+    """--compensation local: the server keeps every client's last upload and the model under them."""
+    import Characters.launch as launch
+    shapes = []
+    monkeypatch.setattr(launch, "job_memory_bytes", lambda shape: shapes.append(shape) or 0)
+    size = launch.dataset_size("mnist", mnist_root)
+    for compensation in ("secant", "local"):
+        cfg = RunConfig(script="AsyncFedAvg", overlap=True, world_size=5, dataset="mnist", model="mlp",
+                        compensation=compensation, data_dir=str(mnist_root))
+        launch._check_memory(cfg, size, forked=True)
+    secant, local = shapes
+    assert secant.merge_state_bytes == 0 and local.merge_state_bytes == 5 * local.model_bytes
+    assert job_memory_bytes(local) - job_memory_bytes(secant) == 5 * local.model_bytes
