@@ -143,7 +143,7 @@ class RunConfig:
     timeout: float = option(1800.0, "seconds any rank waits for a peer before declaring it dead", type=positive_float)
     threads: int = option(1, "intra-op threads per process on the CPU", type=positive_int)
     # The server update. The defaults are a plain step (mu 0, server_lr 1): FedAvg's average, and for
-    # AsyncFedAvg the secant compensation, chosen by time to target accuracy (docs/defaults.md). With --mom
+    # AsyncFedAvg the client merge with b = 1, chosen by time to target accuracy (docs/defaults.md). With --mom
     # or --server_lr, FedAvg.py runs FedAvgM with the same server step as Overlap.
     mom: float = option(0.0, "server Nesterov momentum mu, below 1", type=non_negative_float, grid=(ASYNC,))
     server_lr: float = option(1.0, "server learning rate of the Nesterov step", type=positive_float)
@@ -155,7 +155,7 @@ class RunConfig:
         "the late global model plus --merge_weight times its own last round's progress (the server then "
         "averages as FedAvg does). On the server, C of g_c = g + C (w - prev): official lambda*v*v, dcasgd "
         "lambda*v, full 1, none 0, constant --comp_coef, secant: estimated every update from the last two, "
-        "starting at --comp_coef", choices=COMPENSATIONS, scripts=(ASYNC,), cli_default={ASYNC: "secant"})
+        "starting at --comp_coef", choices=COMPENSATIONS, scripts=(ASYNC,), cli_default={ASYNC: CLIENT_MERGE})
     merge_weight: float = option(1.0,
         "--compensation local: the share b of its own progress a client keeps when the late global model "
         "arrives (x = G + b * delta; 1: all of it, 0: none, as --compensation none)", type=unit_interval,

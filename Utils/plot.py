@@ -62,7 +62,10 @@ def method_label(config: dict) -> str:
     if not config.get("overlap"):
         return "FedAvg" if plain_step else f"FedAvgM (mu {config['mom']:g}, server lr {config['server_lr']:g})"
     step = "" if plain_step else f", mu {config['mom']:g}, server lr {config['server_lr']:g}"
-    return f"Overlap-FedAvg ({config.get('compensation', '?')}{step})"
+    compensation = config.get("compensation", "?")
+    if compensation == "local":
+        compensation = f"client merge b {config.get('merge_weight', 1.0):g}"
+    return f"Overlap-FedAvg ({compensation}{step})"
 
 
 def plot_runs(curves: list[RunCurve], out_file: Path, title: str | None = None) -> None:

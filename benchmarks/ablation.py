@@ -6,20 +6,23 @@ every round) in the four settings of bench_time_to_accuracy.py (MNIST/MLP and Fa
 
 The schedule is fixed, so accuracy per round does not depend on the link; wall-clock does. The tables
 model it for a link on which upload + download take one round's training T (the regime the method is
-for): a FedAvg round costs T + T, an Overlap round max(T, T) = T. bench_time_to_accuracy.py measures it
-(Overlap round 0.52x FedAvg's on that link), so the model is within a few percent. Time to a target is
-then (rounds to reach it) x (round cost), in units of T, and the ratio to FedAvg's is the criterion;
-final accuracy after the same rounds comes second; stability third (no round more than 2 points below
-the one before). Defaults are chosen on seeds other than the one the README reports (--seeds).
+for), with modelled_time, the one time model of the benchmarks: FedAvg's G_n exists after n (T + T) = 2nT;
+Overlap's after (n + 1) T, since its trainings run back to back and G_n comes one exchange after the n-th.
+bench_time_to_accuracy.py measures the wall-clock instead (Overlap round 0.52x FedAvg's on that link).
+The ratio of the time to a target to FedAvg's is the criterion; final accuracy after the same rounds
+comes second; stability third (no round more than 2 points below the one before). Defaults are chosen on
+seeds other than the one the README reports (--seeds).
 
     python benchmarks/ablation.py --data_dir ./data --seeds 2021 --out docs/ablation-2021.md
     python benchmarks/ablation.py --data_dir ./data --settings mnist-e1 --seeds 2020
+    python benchmarks/ablation.py --data_dir ./data --cells FedAvg "local b1 mu0 slr1"   # some cells only
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import math
+import shlex
 import statistics
 import subprocess
 import sys
@@ -44,9 +47,29 @@ CELLS = {
     "secant mu0 slr1": ("AsyncFedAvg.py", ["--compensation", "secant", "--mom", "0", "--server_lr", "1"]),
     "secant mu0.5 slr0.5": ("AsyncFedAvg.py", ["--compensation", "secant", "--mom", "0.5", "--server_lr", "0.5"]),
     "secant mu0.9 slr0.4": ("AsyncFedAvg.py", ["--compensation", "secant", "--mom", "0.9", "--server_lr", "0.4"]),
+    # The client merge: b = 1 keeps all of a client's progress, b < 1 mixes in the late global model.
+    **{f"local b{b} mu0 slr1": ("AsyncFedAvg.py", ["--compensation", "local", "--merge_weight", b, "--mom", "0",
+                                                   "--server_lr", "1"]) for b in ("1", "0.75", "0.5")},
+    "local b1 mu0.5 slr0.5": ("AsyncFedAvg.py", ["--compensation", "local", "--merge_weight", "1", "--mom", "0.5",
+                                                 "--server_lr", "0.5"]),
+    "local b1 mu0.9 slr0.4": ("AsyncFedAvg.py", ["--compensation", "local", "--merge_weight", "1", "--mom", "0.9",
+                                                 "--server_lr", "0.4"]),
 }
-ROUND_COST = {"FedAvg.py": 2.0, "AsyncFedAvg.py": 1.0}   # in units of T, when upload + download take T
 MAX_DROP = 0.02
+
+
+def modelled_time(rounds: int, script: str) -> float:
+    """Time, in units of one round's training T, until G_rounds exists on a link where upload + download take
+    T: FedAvg alternates, 2T a round; Overlap trains back to back and G_n arrives one exchange after its
+    n-th training, (n + 1) T."""
+    return 2.0 * rounds if script == "FedAvg.py" else rounds + 1.0
+
+
+def modelled_ratio(rounds: int | None, fedavg_rounds: int | None, script: str = "AsyncFedAvg.py") -> float | None:
+    """A cell's modelled time to a target over FedAvg's; inf when only FedAvg got there, None when FedAvg did not."""
+    if fedavg_rounds is None:
+        return None
+    return math.inf if rounds is None else modelled_time(rounds, script) / modelled_time(fedavg_rounds, "FedAvg.py")
 
 
 def run(cell: str, setting_name: str, seed: int, args) -> list[float]:
@@ -86,12 +109,9 @@ def time_ratios(curves: dict[str, list[float]], setting: Setting) -> dict[str, l
     for cell, curve in curves.items():
         values = []
         for target in setting.targets:
-            theirs = rounds_to(curves["FedAvg"], target)
-            if theirs is None:
-                continue
-            ours = rounds_to(curve, target)
-            cost = ROUND_COST[CELLS[cell][0]]
-            values.append(math.inf if ours is None else ours * cost / (theirs * ROUND_COST["FedAvg.py"]))
+            ratio = modelled_ratio(rounds_to(curve, target), rounds_to(curves["FedAvg"], target), CELLS[cell][0])
+            if ratio is not None:
+                values.append(ratio)
         ratios[cell] = values
     return ratios
 
@@ -124,8 +144,8 @@ def ranking(all_curves: dict[tuple[str, int], dict[str, list[float]]]) -> str:
     """Overlap cells ranked by the geometric mean of their time ratios over every (setting, seed, target),
     then by final accuracy, then by stability (the issue's order)."""
     scores = []
-    for cell, (script, _) in CELLS.items():
-        if script != "AsyncFedAvg.py":
+    for cell in next(iter(all_curves.values())):
+        if CELLS[cell][0] != "AsyncFedAvg.py":
             continue
         ratios, finals, worst_drop = [], [], 0.0
         for (setting_name, _), curves in all_curves.items():
@@ -155,6 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[2021])
+    parser.add_argument("--cells", nargs="+", choices=tuple(CELLS), default=list(CELLS),
+                        help="the cells to run (FedAvg always runs: every ratio is to it)")
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--work_dir", default="runs/ablation")
     parser.add_argument("--out", default="docs/ablation.md", help="markdown report to write")
@@ -164,15 +186,17 @@ def main() -> None:
     all_curves, sections = {}, []
     for seed in args.seeds:
         for setting_name in args.settings:
-            curves = {cell: run(cell, setting_name, seed, args) for cell in CELLS}
+            cells = ["FedAvg"] + [cell for cell in CELLS if cell in args.cells and cell != "FedAvg"]
+            curves = {cell: run(cell, setting_name, seed, args) for cell in cells}
             all_curves[(setting_name, seed)] = curves
             sections.append(table(setting_name, seed, curves))
     command = " ".join(["python benchmarks/ablation.py", "--settings", *args.settings,
-                        "--seeds", *map(str, args.seeds)])
+                        "--seeds", *map(str, args.seeds)]
+                       + (["--cells", *(shlex.quote(c) for c in args.cells)] if set(args.cells) != set(CELLS) else []))
     header = (f"# Ablation: time to target accuracy\n\nGenerated by `{command}` from real jobs. Time is modelled "
-              "for a link on which upload + download take one round's training T: a FedAvg round costs 2T, an "
-              "Overlap round T (see the script's docstring). `never`: FedAvg reached the target, the cell did "
-              "not. ↓: some round fell more than 2 points below the one before.")
+              "for a link on which upload + download take one round's training T: FedAvg's G_n exists after 2nT, "
+              "Overlap's after (n + 1) T (see the script's docstring). `never`: FedAvg reached the target, the "
+              "cell did not. ↓: some round fell more than 2 points below the one before.")
     report = "\n\n".join([header, "## Ranking of the Overlap cells", ranking(all_curves), *sections]) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)

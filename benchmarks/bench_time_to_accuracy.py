@@ -9,21 +9,24 @@ comes from real FedAvg.py / AsyncFedAvg.py jobs (4 non-IID clients, seed 2020), 
 - link: a pilot FedAvg job without a link (--eval_every 0) measures one round's training T (mean round_s,
   rounds 2..R); the link is then set so that one upload + one download take comm_over_train x T, for each
   value of --regimes: 1 (communication as long as training, the regime the method is for) and 0.2.
-- algorithms on that link: FedAvg; FedAvgM (FedAvg.py --mom 0.9 --server_lr 0.4: the Nesterov server step
-  Overlap-FedAvg can use, as a reference for a server optimizer without the overlap); Overlap-FedAvg with
-  AsyncFedAvg.py's defaults (or --overlap_options), whose server step (mu 0, server_lr 1) is FedAvg's.
+- algorithms on that link (--algorithms): FedAvg; FedAvgM (FedAvg.py --mom 0.9 --server_lr 0.4: the
+  Nesterov server step Overlap-FedAvg can use, as a reference for a server optimizer without the overlap);
+  Overlap-FedAvg with AsyncFedAvg.py's defaults (plus --overlap_options), the one the targets judge; and
+  variants beside it: the server-side secant compensation, and the client merge with another merge weight
+  and with server momentum.
 - time to target: wall_s of the first round whose accuracy reaches the target, less the start-up
   (launch to G_0 sent), so that it counts only training and communication. The server evaluates on a
   background thread at the lowest CPU priority, so evaluation takes only the cycles the clients leave.
 
-Targets (issue 9, regime 1): Overlap reaches 95 % on mnist-e1 and 97 % on mnist-e5 in at most 0.7x
-FedAvg's time; no Overlap round falls more than 2 points below the one before; Overlap's final accuracy
-is within 0.5 points of FedAvg's. Other rows are reported (INFO).
+Targets (regime 1, Overlap with the defaults): it reaches 95 % on mnist-e1 in at most 0.62x FedAvg's time
+and 97 % on mnist-e5 in at most 0.65x; on MNIST its accuracy at every round from round 3 on is within 0.5
+point of FedAvg's at the same round and its final within 0.3 point; in no setting does one of its rounds
+fall more than FedAvg's own largest fall there plus 1 point. Other rows are reported (INFO).
 
     python benchmarks/bench_time_to_accuracy.py --data_dir ./data
     python benchmarks/bench_time_to_accuracy.py --data_dir ./data --settings mnist-e1 --regimes 1
 
-About 10 minutes on 2 cores for the two MNIST settings, 30 more for the Fashion-MNIST ones.
+About 4 minutes per algorithm and regime on 2 cores for the four settings.
 """
 from __future__ import annotations
 
@@ -60,8 +63,19 @@ SETTINGS = {
     "fmnist-e1": Setting("fmnist", "mnistnet", 1, 12, (0.65, 0.70, 0.75), subset=3000),
     "fmnist-e5": Setting("fmnist", "mnistnet", 5, 6, (0.65, 0.70, 0.75), subset=3000),
 }
-# (setting, regime) -> the target that must be reached in at most --max_time_ratio x FedAvg's time
-TIME_TARGETS = {("mnist-e1", 1.0): 0.95, ("mnist-e5", 1.0): 0.97}
+# (setting, regime) -> (the accuracy to reach, the most time it may take over FedAvg's)
+TIME_TARGETS = {("mnist-e1", 1.0): (0.95, 0.62), ("mnist-e5", 1.0): (0.97, 0.65)}
+# The settings where Overlap's accuracy must follow FedAvg's round by round (--max_round_gap, --max_final_gap).
+FOLLOWS_FEDAVG = ("mnist-e1", "mnist-e5")
+DEFAULTS = "Overlap"   # the row of AsyncFedAvg.py's defaults, the one the targets judge
+# name -> (script, options): the rows beside FedAvg, FedAvgM and the defaults.
+VARIANTS = {
+    "Overlap, secant": ("AsyncFedAvg.py", ["--compensation", "secant", "--mom", "0", "--server_lr", "1"]),
+    "Overlap, merge b 0.5": ("AsyncFedAvg.py", ["--compensation", "local", "--merge_weight", "0.5", "--mom", "0",
+                                                "--server_lr", "1"]),
+    "Overlap, merge, mu 0.5": ("AsyncFedAvg.py", ["--compensation", "local", "--merge_weight", "1", "--mom", "0.5",
+                                                  "--server_lr", "0.5"]),
+}
 
 
 def job_options(args, setting: Setting, *, evaluate: bool, link: Link | None) -> list[str]:
@@ -99,12 +113,15 @@ def run_setting(args, name: str, work: Path, verdicts: list) -> None:
               f"download {regime:g} x training")
         options = job_options(args, setting, evaluate=True, link=link)
         tag = f"{name}-comm{regime:g}"
-        runs = {"FedAvg": run_job("FedAvg.py", options, work / f"{tag}-fedavg", args.job_timeout),
-                "FedAvgM": run_job("FedAvg.py", options + ["--mom", str(args.fedavgm_mom), "--server_lr",
-                                                          str(args.fedavgm_server_lr)],
-                                   work / f"{tag}-fedavgm", args.job_timeout),
-                "Overlap": run_job("AsyncFedAvg.py", options + shlex.split(args.overlap_options),
-                                   work / f"{tag}-overlap", args.job_timeout)}
+        algorithms = {"FedAvg": ("FedAvg.py", []),
+                      "FedAvgM": ("FedAvg.py", ["--mom", str(args.fedavgm_mom), "--server_lr",
+                                                str(args.fedavgm_server_lr)]),
+                      DEFAULTS: ("AsyncFedAvg.py", shlex.split(args.overlap_options)), **VARIANTS}
+        runs = {}
+        for algorithm in ["FedAvg", *(a for a in algorithms if a in args.algorithms and a != "FedAvg")]:
+            script, extra = algorithms[algorithm]
+            slug = algorithm.lower().replace(",", "").replace(" ", "-")
+            runs[algorithm] = run_job(script, options + extra, work / f"{tag}-{slug}", args.job_timeout)
         report(name, regime, setting, runs, verdicts, args)
 
 
@@ -120,26 +137,48 @@ def report(name: str, regime: float, setting: Setting, runs: dict[str, JobResult
               + " | ".join(cells) + " |")
     print("accuracy per round:")
     for algorithm, job in runs.items():
-        print(f"  {algorithm:8s} " + " ".join(f"{row['accuracy']:.4f}" for row in job.rows))
-    fedavg, overlap = runs["FedAvg"], runs["Overlap"]
-    for target in setting.targets:
-        ours, theirs = time_to(overlap, target), time_to(fedavg, target)
-        ratio = ours[0] / theirs[0] if ours and theirs else math.nan
-        required = TIME_TARGETS.get((name, regime)) == target
-        text = (f"{name}, comm {regime:g} x training: Overlap to {100 * target:g} % in "
-                f"{'never' if ours is None else f'{ours[0]:.1f} s'} vs FedAvg "
-                f"{'never' if theirs is None else f'{theirs[0]:.1f} s'}"
-                + (f": {ratio:.2f}x" if math.isfinite(ratio) else ""))
-        verdicts.append((text + (f" <= {args.max_time_ratio}" if required else ""),
-                         (ratio <= args.max_time_ratio) if required else None))
-    if regime == 1.0:
-        curve = [row["accuracy"] for row in overlap.rows]
-        worst_drop = max([0.0] + [a - b for a, b in zip(curve, curve[1:], strict=False)])
-        gap = curve[-1] - fedavg.rows[-1]["accuracy"]
-        verdicts.append((f"{name}: Overlap's largest drop {100 * worst_drop:.2f} points <= {100 * args.max_drop:g}",
-                         worst_drop <= args.max_drop))
-        verdicts.append((f"{name}: Overlap final {curve[-1]:.4f} vs FedAvg {fedavg.rows[-1]['accuracy']:.4f}: "
-                         f"{100 * gap:+.2f} points >= -{100 * args.max_final_gap:g}", gap >= -args.max_final_gap))
+        print(f"  {algorithm:24s} " + " ".join(f"{row['accuracy']:.4f}" for row in job.rows))
+    fedavg = runs["FedAvg"]
+    required_target, max_ratio = TIME_TARGETS.get((name, regime), (None, None))
+    for algorithm, job in runs.items():
+        if algorithm == "FedAvg":
+            continue
+        for target in setting.targets:
+            ours, theirs = time_to(job, target), time_to(fedavg, target)
+            ratio = ours[0] / theirs[0] if ours and theirs else math.nan
+            required = algorithm == DEFAULTS and target == required_target
+            text = (f"{name}, comm {regime:g} x training: {algorithm} to {100 * target:g} % in "
+                    f"{'never' if ours is None else f'{ours[0]:.1f} s'} vs FedAvg "
+                    f"{'never' if theirs is None else f'{theirs[0]:.1f} s'}"
+                    + (f": {ratio:.2f}x" if math.isfinite(ratio) else ""))
+            verdicts.append((text + (f" <= {max_ratio}" if required else ""),
+                             (ratio <= max_ratio) if required else None))
+    if regime == 1.0 and DEFAULTS in runs:
+        follow_checks(name, [row["accuracy"] for row in runs[DEFAULTS].rows],
+                      [row["accuracy"] for row in fedavg.rows], verdicts, args)
+
+
+def largest_fall(curve: list[float]) -> float:
+    """The most accuracy one round lost against the one before (0 when none fell)."""
+    return max([0.0] + [a - b for a, b in zip(curve, curve[1:], strict=False)])
+
+
+def follow_checks(name: str, ours: list[float], fedavg: list[float], verdicts: list, args) -> None:
+    """The defaults against FedAvg: round by round and at the end (MNIST), and their largest fall (every setting)."""
+    judged = name in FOLLOWS_FEDAVG
+    gaps = [a - b for a, b in zip(ours, fedavg, strict=True)][2:]   # rounds 3..R
+    worst = min(gaps) if gaps else 0.0
+    verdicts.append((f"{name}: Overlap's accuracy from round 3 on at least {100 * worst:+.2f} points from FedAvg's "
+                     f"at the same round" + (f" >= -{100 * args.max_round_gap:g}" if judged else ""),
+                     worst >= -args.max_round_gap if judged else None))
+    final_gap = ours[-1] - fedavg[-1]
+    verdicts.append((f"{name}: Overlap final {ours[-1]:.4f} vs FedAvg {fedavg[-1]:.4f}: {100 * final_gap:+.2f} points"
+                     + (f" >= -{100 * args.max_final_gap:g}" if judged else ""),
+                     final_gap >= -args.max_final_gap if judged else None))
+    allowed = largest_fall(fedavg) + args.max_extra_fall
+    verdicts.append((f"{name}: Overlap's largest fall {100 * largest_fall(ours):.2f} points <= FedAvg's "
+                     f"{100 * largest_fall(fedavg):.2f} + {100 * args.max_extra_fall:g}",
+                     largest_fall(ours) <= allowed))
 
 
 def main() -> None:
@@ -153,12 +192,14 @@ def main() -> None:
     add("--seed", type=int, default=2020)
     add("--latency", type=float, default=10.0, help="link latency per message, ms")
     add("--pilot_rounds", type=int, default=3)
-    add("--overlap_options", default="", help="extra AsyncFedAvg.py options, e.g. '--compensation secant'")
+    add("--overlap_options", default="", help="extra options of the defaults' row, e.g. '--merge_weight 0.75'")
+    add("--algorithms", nargs="+", default=["FedAvg", "FedAvgM", DEFAULTS, *VARIANTS],
+        choices=["FedAvg", "FedAvgM", DEFAULTS, *VARIANTS], help="the rows to run (FedAvg always runs)")
     add("--fedavgm_mom", type=float, default=0.9, help="FedAvgM's server momentum")
     add("--fedavgm_server_lr", type=float, default=0.4, help="FedAvgM's server lr")
-    add("--max_time_ratio", type=float, default=0.7, help="target: Overlap's time / FedAvg's")
-    add("--max_drop", type=float, default=0.02, help="target: largest round-to-round accuracy drop")
-    add("--max_final_gap", type=float, default=0.005, help="target: Overlap may end this far below FedAvg")
+    add("--max_round_gap", type=float, default=0.005, help="target: Overlap may be this far below FedAvg from round 3")
+    add("--max_final_gap", type=float, default=0.003, help="target: Overlap may end this far below FedAvg")
+    add("--max_extra_fall", type=float, default=0.01, help="target: Overlap's largest fall over FedAvg's")
     add("--job_timeout", type=float, default=3600.0, help="seconds before a job is declared hung")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())

@@ -15,8 +15,8 @@ Two measurements, written to docs/compensation-limits.md:
    the best scalar C in hindsight, the best C per tensor, the best C per coordinate (each least squares,
    clipped to [0, 1]), next to FedAvg, the default `secant` and a per-coordinate secant the server could run.
 
-Time to a target is modelled as in bench_time_to_accuracy.py's regime 1: G_n of Overlap-FedAvg arrives
-after (n + 1) T, FedAvg's after 2n T.
+Time to a target is modelled by ablation.modelled_time (bench_time_to_accuracy.py's regime 1): G_n of
+Overlap-FedAvg arrives after (n + 1) T, FedAvg's after 2n T.
 
     python benchmarks/compensation_limits.py --data_dir ./data
     python benchmarks/compensation_limits.py --data_dir ./data --settings mnist-e1 --out /tmp/limits.md
@@ -38,7 +38,7 @@ from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from ablation import rounds_to  # noqa: E402
+from ablation import modelled_ratio, rounds_to  # noqa: E402
 from bench_time_to_accuracy import NUM_CLIENTS, SETTINGS  # noqa: E402
 
 from Utils.aggregation import compensated_gradient, secant_coefficient  # noqa: E402
@@ -130,13 +130,6 @@ def coordinate_secant_step(decay: float = 0.5, shrink: float = 0.1, first: float
             coef = ((state["num"] + prior * state["scalar"]) / (state["den"] + prior)).clamp(0.0, 1.0)
         return w - compensated_gradient(prev, avg, w, coef)
     return step
-
-
-def modelled_ratio(overlap_rounds: int | None, fedavg_rounds: int | None) -> float | None:
-    """(n_o + 1) T / (2 n_f T); inf when only FedAvg got there, None when FedAvg did not."""
-    if fedavg_rounds is None:
-        return None
-    return math.inf if overlap_rounds is None else (overlap_rounds + 1) / (2 * fedavg_rounds)
 
 
 def parameter_slices(replay: ScheduleReplay) -> list[slice]:

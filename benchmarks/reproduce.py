@@ -6,8 +6,9 @@
 
 Rows: mnist/mlp, mnist/mnistnet, fmnist/mnistnet, cifar10/cnncifar, cifar10/vgg, cifar10/resnet,
 wikitext2/transformer, ptb/transformer, and emnist/mnistnet, cifar100/cnncifar when their data is prepared.
-Each row runs FedAvg.py and AsyncFedAvg.py (its defaults) on the same seed, 4 non-IID clients, on two
-client links (--bandwidth, --latency):
+Each row runs FedAvg.py and AsyncFedAvg.py (its defaults: the client merge) on the same seed, 4 non-IID
+clients, on two client links (--bandwidth, --latency), and on the calibrated link also AsyncFedAvg.py with
+the server-side secant compensation (--compensation secant: the previous defaults), for comparison:
 
 - calibrated: one upload + one download take as long as one round's training of that model. A pilot
   FedAvg job without a link (--eval_every 0, 3 rounds) measures that training T; the link follows from
@@ -47,8 +48,11 @@ PILOT_ROUNDS = 3
 REALISTIC_LINK = Link(20.0, 30.0)
 CALIBRATION_LATENCY_MS = 10.0
 OFFICIAL_OPTIONS = ["--compensation", "official", "--mom", "0.9", "--lambd", "0.04", "--server_lr", "1"]
+SECANT_OPTIONS = ["--compensation", "secant", "--mom", "0", "--server_lr", "1"]
 METHODS = {"fedavg": ("FedAvg.py", []), "overlap": ("AsyncFedAvg.py", []),
-           "official": ("AsyncFedAvg.py", OFFICIAL_OPTIONS)}
+           "secant": ("AsyncFedAvg.py", SECANT_OPTIONS), "official": ("AsyncFedAvg.py", OFFICIAL_OPTIONS)}
+# The secant form is a comparison, judged where the method is meant to win: the calibrated link only.
+CALIBRATED_ONLY = frozenset({"secant"})
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ class Matrix:
     def __init__(self, args, rows: list[Row]):
         self.args, self.rows, self.work = args, rows, Path(args.work_dir)
         self.began = time.perf_counter()
-        self.total = sum(len(args.links) * len(self.methods(row)) for row in rows)
+        self.total = sum(len(self.methods(row, link)) for row in rows for link in args.links)
         self.done = 0
         manifest_path = self.work / "manifest.json"
         self.manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"runs": {}}
@@ -133,8 +137,9 @@ class Matrix:
         self.save_manifest()
 
     @staticmethod
-    def methods(row: Row) -> list[str]:
-        return ["fedavg", "overlap"] + (["official"] if row.official else [])
+    def methods(row: Row, link: str) -> list[str]:
+        return [method for method in METHODS if (method != "official" or row.official)
+                and (method not in CALIBRATED_ONLY or link == "calibrated")]
 
     def save_manifest(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -152,7 +157,7 @@ class Matrix:
         for link_name in self.args.links:
             links[link_name] = REALISTIC_LINK if link_name == "realistic" else self.calibrated_link(row, scale)
         for link_name, link in links.items():
-            for method in self.methods(row):
+            for method in self.methods(row, link_name):
                 self.run(row, scale, link_name, link, method)
 
     def calibrated_link(self, row: Row, scale: Scale) -> Link:

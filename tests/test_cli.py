@@ -90,7 +90,7 @@ FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, dataset="mn
                        server_lr=1.0, lambd=0.0, compensation="none", comp_coef=0.5, merge_weight=1.0, early_stop=None,
                        launch_time=None)
 ASYNC_DEFAULTS = {**FEDAVG_DEFAULTS, "script": "AsyncFedAvg", "overlap": True, "lambd": 0.04,
-                  "compensation": "secant"}
+                  "compensation": "local"}
 
 
 def test_the_scripts_resolve_the_same_defaults_as_before():

@@ -26,6 +26,8 @@ def test_method_labels():
     assert plot.method_label({"overlap": False, "mom": 0.9, "server_lr": 0.4}) == "FedAvgM (mu 0.9, server lr 0.4)"
     assert plot.method_label({"overlap": True, "mom": 0.0, "server_lr": 1.0, "compensation": "secant"}) == \
         "Overlap-FedAvg (secant)"
+    assert plot.method_label({"overlap": True, "mom": 0.5, "server_lr": 0.5, "compensation": "local",
+                              "merge_weight": 0.5}) == "Overlap-FedAvg (client merge b 0.5, mu 0.5, server lr 0.5)"
 
 
 def test_read_run_keeps_evaluated_rounds_in_percent(tmp_path):

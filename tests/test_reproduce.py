@@ -21,7 +21,7 @@ def test_one_row_runs_resumes_and_is_reported(mnist_root, tmp_path):
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     manifest = json.loads((work / "manifest.json").read_text())
     assert set(manifest["runs"]) == {"mnist-mlp/calibrated/fedavg", "mnist-mlp/calibrated/overlap",
-                                     "mnist-mlp/calibrated/official"}
+                                     "mnist-mlp/calibrated/secant", "mnist-mlp/calibrated/official"}
     assert manifest["calibration"]["mnist-mlp"]["bandwidth_mbit"] > 0
     for run in manifest["runs"]:
         assert json.loads((work / run / "summary.json").read_text())["rounds"] == 2
@@ -31,7 +31,7 @@ def test_one_row_runs_resumes_and_is_reported(mnist_root, tmp_path):
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=job_env())
     assert again.returncode == 0
-    assert again.stdout.count("complete, skipped") == 3   # an interrupted matrix resumes where it stopped
+    assert again.stdout.count("complete, skipped") == 4   # an interrupted matrix resumes where it stopped
 
 
 def test_targets_and_speed_ups():
