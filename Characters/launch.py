@@ -28,7 +28,7 @@ from Utils.config import RunConfig
 from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
 from Utils.datasets import DatasetSize, dataset_is_text, dataset_size, image_shape, load_dataset
 from Utils.flat import model_size
-from Utils.memory import JobShape, available_bytes, job_memory_bytes, memory_refusal
+from Utils.memory import JobShape, available_bytes, job_memory_bytes, memory_refusal, merge_state_copies
 from Utils.partition import client_shards, limit_training_set, partition_tokens
 from Utils.prepare import ensure_dataset
 from Utils.run_log import setup_logging
@@ -303,7 +303,8 @@ def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
                      test_bytes=test * (8 if text else size.sample_numel),
                      corpus_tokens=size.train + size.test if text else 0,
                      snapshot_bytes=min(evaluations, max_pending_snapshots(model_bytes)) * model_bytes,
-                     merge_state_bytes=(cfg.num_clients + 1) * model_bytes if cfg.client_merge else 0, forked=forked)
+                     merge_state_bytes=merge_state_copies(cfg.num_clients) * model_bytes if cfg.client_merge else 0,
+                     forked=forked)
     needed, available = job_memory_bytes(shape), available_bytes()
     log.info("memory: about %.1f GB for the job's %d processes%s", needed / 2**30, cfg.world_size,
              f", {available / 2**30:.1f} GB available" if available is not None else "")

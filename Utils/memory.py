@@ -61,8 +61,15 @@ class JobShape:
     test_bytes: int             # the test set as the server holds it (uint8 images, int64 tokens)
     corpus_tokens: int = 0      # text: tokens every rank reads (train + valid + test)
     snapshot_bytes: int = 0     # models that may wait for evaluation on the server
-    merge_state_bytes: int = 0  # the client merge: the server keeps each client's last upload and its base
+    merge_state_bytes: int = 0  # the client merge: the clients' last uploads the server keeps (merge_state_copies)
     forked: bool = True         # ranks are forks of one preloaded process (CPU) rather than spawned
+
+
+def merge_state_copies(num_clients: int) -> int:
+    """Model copies the server holds for the client merge's checkpoint: each client's last upload and the model
+    under them, in up to three generations at once (one being written, one waiting for the writer, one
+    arriving), since a checkpoint never holds the rounds up."""
+    return 3 * (num_clients + 1)
 
 
 def job_memory_bytes(shape: JobShape) -> int:

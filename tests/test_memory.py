@@ -52,7 +52,8 @@ def test_the_estimate_is_logged_for_every_job(dataset, model, mnist_root, ptb_ro
 
 
 def test_the_client_merge_counts_the_uploads_the_server_keeps(mnist_root, monkeypatch):
-    """--compensation local: the server keeps every client's last upload and the model under them."""
+    """--compensation local: the server keeps every client's last upload and the model under them, up to three
+    generations of them while the checkpoint thread writes."""
     import Characters.launch as launch
     shapes = []
     monkeypatch.setattr(launch, "job_memory_bytes", lambda shape: shapes.append(shape) or 0)
@@ -62,5 +63,5 @@ def test_the_client_merge_counts_the_uploads_the_server_keeps(mnist_root, monkey
                         compensation=compensation, data_dir=str(mnist_root))
         launch._check_memory(cfg, size, forked=True)
     secant, local = shapes
-    assert secant.merge_state_bytes == 0 and local.merge_state_bytes == 5 * local.model_bytes
-    assert job_memory_bytes(local) - job_memory_bytes(secant) == 5 * local.model_bytes
+    assert secant.merge_state_bytes == 0 and local.merge_state_bytes == 15 * local.model_bytes   # 3 x (4 + 1)
+    assert job_memory_bytes(local) - job_memory_bytes(secant) == 15 * local.model_bytes
