@@ -1,4 +1,4 @@
-"""A client (ranks 1..N): a training thread and a communication thread (DESIGN §3).
+"""A client (ranks 1..N): a training thread and a communication thread (README, "The algorithm").
 
 Overlap-FedAvg: round r+1 trains from G_r while the upload of round r and the download of G_{r+1} run in
 the background, so every update is exactly one version stale and round 1 starts from G_0 again.

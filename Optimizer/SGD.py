@@ -1,7 +1,7 @@
 """SGD with (Nesterov) momentum that can also take its gradients from the caller.
 
 The server of Overlap-FedAvg has no autograd graph: its "gradient" is the compensated pseudo-gradient
-g_c of the uploaded models (DESIGN §3). ``step(grads=[g_c])`` feeds it in directly, and otherwise the
+g_c of the uploaded models (README, "The algorithm"). ``step(grads=[g_c])`` feeds it in directly, and otherwise the
 optimizer behaves exactly like ``torch.optim.SGD`` (same update, same state layout):
 
     d    = g + weight_decay * p

@@ -1,4 +1,4 @@
-"""The server update shared by FedAvg and Overlap-FedAvg (DESIGN §3), as pure math on flat tensors.
+"""The server update shared by FedAvg and Overlap-FedAvg (README, "The algorithm"), as pure math on flat tensors.
 
 Notation: clients k with n_k samples, p_k = n_k / sum(n); L_k the uploaded local models; `prev` the
 global model the uploads started from; `w` the current global model.
@@ -160,7 +160,7 @@ def compensated_gradient(prev: Tensor, avg: Tensor, current: Tensor, coef: Tenso
 
 
 class ServerUpdate:
-    """The one server update shared by FedAvg and Overlap-FedAvg (DESIGN §3).
+    """The one server update shared by FedAvg and Overlap-FedAvg (README, "The algorithm").
 
     Holds the current global model w (flat), the model the uploads started from, and an Optimizer.SGD
     (lr=server_lr, momentum=mu, Nesterov when mu > 0) over w: w, prev, the momentum buffer and one

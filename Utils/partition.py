@@ -2,7 +2,7 @@
 client_shards and limit_training_set apply them to a loaded data set.
 
 Every function is a pure function of its arguments: it draws from its own generator seeded with
-`seed` and never touches the global numpy, torch or `random` state (DESIGN §3 "Partitions").
+`seed` and never touches the global numpy, torch or `random` state (README, "Determinism"; docs/decisions.md item 11).
 Client i of a returned list is rank i + 1.
 """
 from collections.abc import Sequence

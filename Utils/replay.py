@@ -1,5 +1,5 @@
-"""A job's schedule replayed in one process (DESIGN §3): the same data, partition, seeds and local training
-as FedAvg.py / AsyncFedAvg.py, without processes or a network.
+"""A job's schedule replayed in one process (README, "The algorithm"): the same data, partition, seeds and local
+training as FedAvg.py / AsyncFedAvg.py, without processes or a network.
 
 The tests use it to pin the distributed runs bit for bit; benchmarks/compensation_limits.py uses it to try
 server updates that a real server cannot run (ones that know what training from w would have given).

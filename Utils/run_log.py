@@ -1,4 +1,4 @@
-"""Logging with the rank in every line, and the run directory's metrics.csv (DESIGN §5)."""
+"""Logging with the rank in every line, and the run directory's metrics.csv (docs/outputs.md, "The run directory")."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-# Columns other tools read by name (DESIGN §5); the metric column is accuracy or perplexity.
+# Columns other tools read by name (docs/outputs.md, "The run directory"); the metric column is accuracy or perplexity.
 METRIC_COLUMNS = ("round", "{metric}", "test_loss", "train_loss", "round_s", "train_s", "comm_wait_s",
                   "comm_s", "bytes_up", "bytes_down", "wall_s", "comp_coef", "eval_s")
 

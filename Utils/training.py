@@ -1,7 +1,7 @@
 """A client's local training (E epochs of plain SGD from a given global model) and model evaluation.
 
 Every random choice of a round (sample order, augmentation, dropout) comes from a seed derived from
-(seed, rank, round, epoch), so any round can be replayed without saved client state (DESIGN §3).
+(seed, rank, round, epoch), so any round can be replayed without saved client state (README, "The algorithm").
 """
 from __future__ import annotations
 

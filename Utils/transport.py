@@ -1,6 +1,6 @@
 """Everything that crosses the network, and the only module that imports torch.distributed.
 
-Star topology (DESIGN §2): rank 0 is the server, ranks 1..N are clients, and every message is one flat
+Star topology (README, "The algorithm"): rank 0 is the server, ranks 1..N are clients, and every message is one flat
 float32 tensor sent point to point. The message format lives here and nowhere else:
 
     upload    the client's model (client merge: G_r + its round's progress), then its RoundReport
@@ -15,7 +15,7 @@ float32 tensor sent point to point. The message format lives here and nowhere el
 
 Nothing is ever unpickled from the network.
 
-Link emulation (DESIGN §3, "Network emulation"): on loopback a transfer takes microseconds, which hides
+Link emulation (--bandwidth, --latency): on loopback a transfer takes microseconds, which hides
 what Overlap-FedAvg is about. A client link of `bandwidth_mbit` and `latency_ms` delays each message by
 latency + 8 * bytes / bandwidth on the client's side: an upload leaves only after that delay, a
 download is handed over only after it. FedAvg and Overlap-FedAvg go through the same code, so their

@@ -1,4 +1,4 @@
-"""Does the server's memory stay O(model) as clients are added (streaming aggregation, DESIGN §3)?
+"""Does the server's memory stay O(model) as clients are added (streaming aggregation, README "The algorithm")?
 
 Tiny real jobs (FedAvg.py and AsyncFedAvg.py, 2 rounds of 1 batch per client, no evaluation) with 2, 4
 and 8 clients (world sizes 3, 5, 9) on a model of at least 10 M parameters; each reads the server's
