@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 import torch
+
+from Utils.config import RunConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 1
@@ -108,7 +111,8 @@ def read_checkpoint(run_dir: Path, config: dict) -> dict:
                               f"damaged or not a checkpoint of this project") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project's format {FORMAT}")
-    saved, expected = state.get("options"), checkpoint_options(config)
+    expected = checkpoint_options(config)
+    saved = _with_added_options(state.get("options"), expected)
     if saved != expected:
         differing = sorted(k for k in set(saved or {}) | set(expected) if (saved or {}).get(k) != expected.get(k))
         raise CheckpointError(f"{path} belongs to another run: {', '.join(differing[:5])} differ from "
@@ -119,6 +123,19 @@ def read_checkpoint(run_dir: Path, config: dict) -> dict:
 def checkpoint_options(config: dict) -> dict:
     """What a checkpoint stores to recognise its run (compared by read_checkpoint)."""
     return _comparable(result_options(config))
+
+
+def _with_added_options(saved: dict | None, expected: dict) -> dict | None:
+    """A checkpoint written before an option existed ran with that option's default (say, --merge_weight)."""
+    if not isinstance(saved, dict):
+        return saved
+    defaults = {f.name: f.default for f in fields(RunConfig) if f.name in _LATER_OPTIONS and f.name in expected}
+    return {**_comparable(defaults), **saved}
+
+
+# Options added to RunConfig after checkpoints of FORMAT 1 were first written, with defaults that keep the
+# older runs' numbers.
+_LATER_OPTIONS = frozenset({"merge_weight"})
 
 
 def _comparable(options: dict) -> dict:

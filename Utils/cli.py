@@ -13,7 +13,7 @@ from pathlib import Path
 
 from Networks import check_model_fits
 from Utils.checkpoint import PROCESS_OPTIONS, RESUMABLE_CHANGES
-from Utils.config import ASYNC, RunConfig, SearchConfig
+from Utils.config import ASYNC, FEDAVG, RunConfig, SearchConfig
 from Utils.datasets import dataset_is_text, image_shape
 
 EPILOG = """\
@@ -117,6 +117,9 @@ def _resumed_config(parser: argparse.ArgumentParser, args: argparse.Namespace, a
         parser.error(f"--resume {run_dir}: there is no config.json; give a run directory that {args.script}.py wrote")
     try:
         saved = json.loads(config_path.read_text())
+        if not isinstance(saved, dict) or saved.get("script") not in (FEDAVG, ASYNC):
+            parser.error(f"--resume {run_dir}: {config_path} is not the config.json of a run of this project; give "
+                         f"a run directory that {args.script}.py wrote")
         if saved.get("script") != args.script:
             parser.error(f"--resume {run_dir}: that run was made by {saved.get('script')}.py; resume it with "
                          f"that script")

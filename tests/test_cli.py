@@ -30,6 +30,8 @@ CASES = [
     (["FedAvg.py", "--model", "lenet"], "invalid choice: 'lenet'"),
     (["FedAvg.py", "--world_size", "1"], "need the server and at least one client"),
     (["FedAvg.py", "--lr", "-0.1"], "must be a positive number"),
+    (["FedAvg.py", "--lr", "inf"], "must be a finite number, got inf"),
+    (["AsyncFedAvg.py", "--lambd", "nan"], "must be a finite number, got nan"),
     (["FedAvg.py", "--max_epoch", "0"], "must be a positive integer"),
     (["FedAvg.py", "--dataset", "cifar10", "--model", "mnistnet"], "--model mnistnet with --dataset cifar10"),
     (["FedAvg.py", "--dataset", "wikitext2", "--model", "mlp"], "cannot train on text data"),
@@ -145,3 +147,13 @@ def test_the_world_size_override_is_said_by_rank_0_only(rank, said, monkeypatch,
         launch._run_one_rank(cfg, rank, 3)
     assert ("overrides --world_size 5" in caplog.text) == said
     assert started[0].world_size == 3 and started[0].launch_time is not None   # the launch time travels in cfg
+
+
+@pytest.mark.parametrize("content", ['{"lr": 0.01}', '[1, 2]', '{"script": "train"}'])
+def test_resuming_a_directory_whose_config_is_not_a_runs_says_so(content, tmp_path, capsys):
+    (tmp_path / "config.json").write_text(content)
+    status, _, err = run_entry(["FedAvg.py", "--resume", str(tmp_path)], capsys)
+    assert status == 2
+    assert err.strip().splitlines()[-1].endswith(f"{tmp_path / 'config.json'} is not the config.json of a run of "
+                                                 f"this project; give a run directory that FedAvg.py wrote")
+    assert "None.py" not in err

@@ -153,3 +153,15 @@ def test_the_checkpoint_thread_writes_the_latest_state_and_reports_a_failure(tmp
     gone.submit({"round": 1})
     with pytest.raises(OSError, match="writing .*checkpoint.pt failed"):
         gone.wait()
+
+
+def test_a_checkpoint_older_than_an_option_resumes_with_its_default(tmp_path):
+    """A run checkpointed before --merge_weight existed ran with its default, so it still resumes; another
+    value is refused."""
+    config = {"script": "AsyncFedAvg", "model": "mlp", "compensation": "secant", "max_epoch": 4}
+    update = ServerUpdate(torch.zeros(3), stale=True)
+    write_checkpoint(tmp_path, {"round": 1, "update": update.state_dict(), "rows": [], "startup_s": 1.0,
+                                "options": {k: v for k, v in config.items() if k != "max_epoch"}})
+    assert read_checkpoint(tmp_path, {**config, "merge_weight": 1.0})["round"] == 1
+    with pytest.raises(CheckpointError, match="belongs to another run: merge_weight differ"):
+        read_checkpoint(tmp_path, {**config, "merge_weight": 0.5})
