@@ -6,6 +6,8 @@ With the client merge (--compensation local) round r+1 trains instead from G_r p
 client's round r added to its own start, and the upload is that progress on top of G_r (Utils.aggregation).
 FedAvg: the same loop, but the trainer waits for each exchange right after handing it over. The schedule
 is fixed, so timing changes only how long the trainer waits, never which model it trains from.
+With --compress a download adds to the global model the client holds, and an upload is the model to send
+less that one, with what earlier uploads lost added (Utils.compression.ErrorFeedback).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 from Characters.faults import act_out, injected_fault
 from Utils import transport
 from Utils.aggregation import merged_start, merged_upload
+from Utils.compression import ErrorFeedback, decode, part_specs
 from Utils.config import RunConfig
 from Utils.training import LocalTrainer
 from Utils.transport import RoundReport
@@ -28,9 +31,12 @@ log = logging.getLogger(__name__)
 def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: int) -> None:
     link = transport.Link(cfg.bandwidth, cfg.latency)
     comm = transport.CommThread(name=f"comm-{rank}")
+    specs = part_specs(cfg.compress, model_numel, cfg.topk_ratio)
+    words = transport.payload_words(specs)
+    feedback = ErrorFeedback(model_numel, cfg.compress, cfg.topk_ratio)
 
-    def download() -> torch.Tensor:
-        buffer = torch.empty(transport.download_size(model_numel))
+    def download(size: int = transport.download_size(words)) -> torch.Tensor:
+        buffer = torch.empty(size)
         transport.recv(buffer, transport.SERVER_RANK, link)
         return buffer
 
@@ -42,7 +48,7 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
 
     # G_0, or where a resumed run continues: FedAvg trains round r+1 from G_r; Overlap from G_{r-1} (merging:
     # this client's own start), and G_r follows as an ordinary download, as it would have after round r's upload.
-    start, first_round = transport.unpack_start(download(), model_numel)
+    start, first_round = transport.unpack_start(download(transport.download_size(model_numel)), model_numel)
     global_model = start   # the newest global model held (until a resumed run's download replaces it)
     last_wait_s = last_comm_s = math.nan   # the previous exchange: trainer blocked, job duration
     deadline = transport.HangDeadline(cfg.timeout)
@@ -54,7 +60,12 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
         message = job.wait(deadline.seconds, f" (client {rank}, in its round {round_index + 1}, was waiting for "
                                              f"a global model)")
         last_wait_s, last_comm_s = time.perf_counter() - waited_from, job.seconds
-        global_model, stop = transport.unpack_download(message, model_numel)
+        payload, stop = transport.unpack_download(message, words)
+        if cfg.compress == "none":
+            global_model = payload
+        else:   # the server's replica of this model adds the same numbers
+            global_model = global_model + decode(transport.unpack_payload(payload, specs), cfg.compress, model_numel)
+        transport.finite_global_model(global_model)
         return stop
 
     pending: transport.Job | None = comm.submit(download) if cfg.overlap and first_round > 0 else None
@@ -74,6 +85,8 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
             if cfg.client_merge:   # this round's progress on top of G_r, and the next start from both
                 sent = merged_upload(global_model, local, start)
                 start = merged_start(global_model, sent, cfg.merge_weight)
+            if cfg.compress != "none":
+                sent = transport.pack_payload(feedback.compress(sent - global_model)[0])
             upload = transport.pack_upload(sent, report)
             pending = comm.submit(lambda upload=upload, fault=fault: exchange(upload, fault))
             if not cfg.overlap:   # FedAvg: block on the exchange

@@ -4,6 +4,9 @@ One loop serves FedAvg and Overlap-FedAvg; the difference lives in Utils.aggrega
 (staleness, compensation, momentum) and in the clients' pipeline. Uploads are received in fixed client
 order and folded into running sums, so the server holds O(model) memory and its arithmetic does not
 depend on which client happens to finish first (same seed, same numbers, whatever the network).
+With --compress an upload is added to the current global model (the one its client held when it sent it),
+and a broadcast sends the global model less its replica of what the clients hold, then adds to the
+replica what the clients will decode: what a broadcast loses stays in the difference and goes out next time.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from Utils.aggregation import (
     uploads_are_stale,
 )
 from Utils.checkpoint import CheckpointWriter, checkpoint_options, read_checkpoint
+from Utils.compression import decode, encode, part_specs
 from Utils.config import RunConfig
 from Utils.datasets import ImageData
 from Utils.flat import buffer_size, flatten_model, load_flat_into_model, model_size
@@ -83,7 +87,11 @@ class _Server:
                                    momentum=cfg.mom,
                                    server_lr=cfg.server_lr, compensation=cfg.compensation, lambd=cfg.lambd,
                                    comp_coef=cfg.comp_coef, num_buffers=buffer_size(model))
-        self.upload = torch.empty(transport.upload_size(self.model_numel))
+        self.specs = part_specs(cfg.compress, self.model_numel, cfg.topk_ratio)
+        self.payload_words = transport.payload_words(self.specs)
+        self.upload = torch.empty(transport.upload_size(self.payload_words))
+        # --compress: the global model as the clients hold it (what the broadcasts have added up to)
+        self.replica = self.update.current.clone() if cfg.compress != "none" else None
         # The client merge: each client's next start depends on its last upload and the global model that upload
         # was built on, so a checkpoint keeps both (N + 1 models), to send every client its start on --resume.
         self.merge_base: torch.Tensor | None = None
@@ -230,7 +238,10 @@ class _Server:
             buffer = torch.empty_like(self.upload) if self.cfg.client_merge else self.upload
             transport.recv(buffer, client, timeout_s=self.deadline.seconds,
                            waiting_for=f" (the server was waiting for client {client}'s upload of round {round_index})")
-            local, report = transport.unpack_upload(buffer, self.model_numel)
+            local, report = transport.unpack_upload(buffer, self.payload_words)
+            if self.cfg.compress != "none":
+                local = self.update.current + decode(transport.unpack_payload(local, self.specs), self.cfg.compress,
+                                                     self.model_numel)
             if self.cfg.client_merge:
                 uploads.append(local)
             if diverged is None and not (math.isfinite(report.train_loss) and torch.isfinite(local).all()):
@@ -244,7 +255,7 @@ class _Server:
 
     def broadcast(self, *, stop: bool, round_index: int = 0, reports: list[RoundReport] = ()) -> dict:
         """Send the current global model and the continue/stop flag; return the round's first figures."""
-        bytes_down = transport.send_to_all(transport.pack_download(self.update.current, stop), self.clients,
+        bytes_down = transport.send_to_all(transport.pack_download(self.global_payload(), stop), self.clients,
                                            self.deadline.seconds)
         now = time.perf_counter()
         if reports:
@@ -258,6 +269,15 @@ class _Server:
                "comp_coef": self.update.last_comp_coef if self.update.stale and reports else None}
         self.last_sent = now
         return row
+
+    def global_payload(self) -> torch.Tensor:
+        """What a download carries: the global model, or with --compress its difference from the replica, which
+        then adds what the clients will decode."""
+        if self.replica is None:
+            return self.update.current
+        parts = encode(self.update.current - self.replica, self.cfg.compress, self.cfg.topk_ratio)
+        self.replica = self.replica + decode(parts, self.cfg.compress, self.model_numel)
+        return transport.pack_payload(parts)
 
     def evaluation_due(self, round_index: int, stopping: bool) -> bool:
         cfg = self.cfg

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from Networks import MODEL_NAMES
 from Utils.aggregation import CLIENT_MERGE, COMPENSATIONS
+from Utils.compression import COMPRESSIONS
 from Utils.datasets import DATASET_NAMES
 from Utils.partition import PARTITION_SCHEMES
 
@@ -80,6 +81,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_fraction(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     value = finite_float(text)
     if not 0.0 <= value <= 1.0:
@@ -136,6 +144,14 @@ class RunConfig:
     bandwidth: float | None = option(None,
         "emulate each client's link at this many Mbit/s (default: the real network)", type=positive_float)
     latency: float = option(0.0, "emulated link latency per message, ms", type=non_negative_float)
+    compress: str = option("none",
+        "message format: uploads carry the client's model less the global model it holds, downloads the "
+        "global model less what the clients hold, as float32 (none), fp16, int8 (per-block scales) or topk "
+        "(the --topk_ratio largest numbers); lossy formats keep what a message loses for the next (error "
+        "feedback; docs/network.md)", choices=COMPRESSIONS)
+    topk_ratio: float = option(0.05,
+        "--compress topk: the share of a message's numbers it keeps (8 bytes each: 0.05 sends 10 % of the "
+        "float32 bytes)", type=positive_fraction)
     eval_every: int = option(1,
         "evaluate the global model every N rounds and after the last (0: never, for timing runs)",
         type=non_negative_int)

@@ -7,7 +7,8 @@ The estimate is a model of where a job's memory goes, calibrated on this project
 - the training samples as float32, each in exactly one client's shard, so the total is the training set's
   whatever the number of clients; text corpora are tokenised by every rank;
 - a few copies of the model per rank (model, gradients, flat vectors, messages), and on the server the
-  snapshots waiting for evaluation and, with the client merge, every client's last upload for the checkpoint.
+  snapshots waiting for evaluation and, with the client merge, every client's last upload for the checkpoint;
+  with --compress two more per rank (error feedback's residual or the server's replica, a decoded difference).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ MB = 2**20
 SHARED_IMPORT_BYTES = 420 * MB     # torch + torch._dynamo + the project, resident after import
 RANK_PRIVATE_BYTES = 60 * MB       # what each forked rank adds on its own before any data
 MODEL_COPIES_PER_RANK = 8          # model, gradients, flat copies, upload and download buffers
+COMPRESSION_COPIES_PER_RANK = 2    # --compress: a residual or replica, and a decoded difference
 TOKEN_BYTES_WHILE_LOADING = 40     # a token while a rank tokenises: a Python int in a list, then int64
 
 
@@ -62,6 +64,7 @@ class JobShape:
     corpus_tokens: int = 0      # text: tokens every rank reads (train + valid + test)
     snapshot_bytes: int = 0     # models that may wait for evaluation on the server
     merge_state_bytes: int = 0  # the client merge: the clients' last uploads the server keeps (merge_state_copies)
+    compressed: bool = False    # --compress other than none (COMPRESSION_COPIES_PER_RANK)
     forked: bool = True         # ranks are forks of one preloaded process (CPU) rather than spawned
 
 
@@ -75,7 +78,8 @@ def merge_state_copies(num_clients: int) -> int:
 def job_memory_bytes(shape: JobShape) -> int:
     """Estimated peak resident memory of all of a job's processes together (see the module docstring)."""
     shared = SHARED_IMPORT_BYTES * (2 if shape.forked else shape.world_size + 1)   # + the launcher's import
-    per_rank = RANK_PRIVATE_BYTES + MODEL_COPIES_PER_RANK * shape.model_bytes \
+    copies = MODEL_COPIES_PER_RANK + (COMPRESSION_COPIES_PER_RANK if shape.compressed else 0)
+    per_rank = RANK_PRIVATE_BYTES + copies * shape.model_bytes \
         + shape.corpus_tokens * TOKEN_BYTES_WHILE_LOADING
     return shared + shape.world_size * per_rank + shape.train_bytes + shape.test_bytes + shape.snapshot_bytes \
         + shape.merge_state_bytes

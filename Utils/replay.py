@@ -21,6 +21,7 @@ from Utils.aggregation import (
     merged_upload,
     uploads_are_stale,
 )
+from Utils.compression import ErrorFeedback, decode, encode
 from Utils.datasets import load_dataset
 from Utils.flat import flatten_model, load_flat_into_model
 from Utils.partition import client_shards, limit_training_set
@@ -33,12 +34,39 @@ Uploads = list[tuple[Tensor, float]]
 ServerStep = Callable[[int, Tensor, Uploads, Tensor], Tensor]
 
 
+class ReplayWire:
+    """The messages of a job with --compress, computed as its clients and server compute them: what the clients
+    hold (the broadcasts added up), and each upload as the server reconstructs it. With "none" both are the
+    models themselves."""
+
+    def __init__(self, initial: Tensor, num_clients: int, compression: str = "none", topk_ratio: float = 0.05):
+        self.compression, self.topk_ratio = compression, topk_ratio
+        self.held = initial
+        self.feedback = [ErrorFeedback(initial.numel(), compression, topk_ratio) for _ in range(num_clients)]
+
+    def upload(self, client: int, sent: Tensor, server_current: Tensor) -> Tensor:
+        """Client `client` (0-based) sends `sent` while it holds self.held; what the server adds up."""
+        if self.compression == "none":
+            return sent
+        parts, _ = self.feedback[client].compress(sent - self.held)
+        return server_current + decode(parts, self.compression, sent.numel())
+
+    def broadcast(self, current: Tensor) -> Tensor:
+        """The server sends `current`; what every client holds afterwards."""
+        if self.compression == "none":
+            self.held = current
+        else:
+            parts = encode(current - self.held, self.compression, self.topk_ratio)
+            self.held = self.held + decode(parts, self.compression, current.numel())
+        return self.held
+
+
 class ScheduleReplay:
     """N image clients on a non-IID partition, trained exactly as a job with these options trains them."""
 
     def __init__(self, data_root: str | Path, *, dataset: str = "mnist", model: str = "mlp", num_clients: int = 2,
                  epochs: int = 1, max_train_samples: int | None = None, seed: int = 2020, lr: float = 0.01,
-                 batch_size: int = 32):
+                 batch_size: int = 32, compression: str = "none", topk_ratio: float = 0.05):
         torch.set_num_threads(1)   # as every rank does: the figures must not depend on the core count
         self.data = limit_training_set(load_dataset(dataset, data_root), max_train_samples, seed)
         torch.manual_seed(seed)
@@ -49,6 +77,7 @@ class ScheduleReplay:
                                       batch_size=batch_size, lr=lr, epochs=epochs, seed=seed, rank=k + 1)
                          for k, shard in enumerate(shards)]
         self.weights = client_weights([len(shard) for shard in shards])
+        self.compression, self.topk_ratio = compression, topk_ratio
 
     def uploads(self, start: Tensor, round_index: int) -> Uploads:
         """Every client's round `round_index` trained from `start`, with its weight p_k."""
@@ -60,13 +89,17 @@ class ScheduleReplay:
         trains from its own start x_k (G_0 in round 0), uploads U_k = G_r + (L_k - x_k) and starts round r + 1
         from G_r + b (U_k - G_r); update r + 1 averages the uploads relative to w = G_r itself."""
         versions, accuracy = [self.initial.clone()], []
+        wire = ReplayWire(versions[0], len(self.trainers), self.compression, self.topk_ratio)
         starts = [self.initial] * len(self.trainers)
         for r in range(rounds):
-            latest = versions[-1]   # G_r: what every client holds when it uploads round r
-            uploads = [(merged_upload(latest, trainer.train_round(start, r)[0], start), weight)
-                       for trainer, start, weight in zip(self.trainers, starts, self.weights, strict=True)]
-            starts = [merged_start(latest, upload, merge_weight) for upload, _ in uploads]
+            latest, held = versions[-1], wire.held   # G_r, and what every client holds when it uploads round r
+            sent = [merged_upload(held, trainer.train_round(start, r)[0], start)
+                    for trainer, start in zip(self.trainers, starts, strict=True)]
+            starts = [merged_start(held, upload, merge_weight) for upload in sent]
+            uploads = [(wire.upload(k, upload, latest), weight)
+                       for k, (upload, weight) in enumerate(zip(sent, self.weights, strict=True))]
             versions.append(step(r + 1, latest, uploads, latest).clone())
+            wire.broadcast(versions[-1])
             accuracy.append(self.accuracy(versions[-1]))
         return accuracy
 
@@ -78,9 +111,14 @@ class ScheduleReplay:
         """Test accuracy of G_1..G_rounds. FedAvg's round r trains from G_r; Overlap's from G_{r-1} (rounds 0
         and 1 from G_0), so update u's uploads started from G_{max(u-2, 0)} while w is G_{u-1}."""
         versions, accuracy = [self.initial.clone()], []
+        wire = ReplayWire(versions[0], len(self.trainers), self.compression, self.topk_ratio)
+        held = [wire.held]   # what the clients hold of each version (with --compress none: the versions)
         for r in range(rounds):
-            start = versions[max(r - 1, 0)] if overlap else versions[r]
-            versions.append(step(r + 1, start, self.uploads(start, r), versions[-1]).clone())
+            before = max(r - 1, 0) if overlap else r
+            uploads = [(wire.upload(k, local, versions[r]), weight)
+                       for k, (local, weight) in enumerate(self.uploads(held[before], r))]
+            versions.append(step(r + 1, versions[before], uploads, versions[-1]).clone())
+            held.append(wire.broadcast(versions[-1]))
             accuracy.append(self.accuracy(versions[-1]))
         return accuracy
 

@@ -3,17 +3,21 @@
 Star topology (README, "The algorithm"): rank 0 is the server, ranks 1..N are clients, and every message is one flat
 float32 tensor sent point to point. The message format lives here and nowhere else:
 
-    upload    the client's model (client merge: G_r + its round's progress), then its RoundReport
-              (REPORT_FIELDS)                                                 upload_size(numel)
-    start     the model the first round trains from, then that round's index  download_size(numel)
+    upload    a payload: the client's model (client merge: G_r + its round's progress), or with --compress
+              that model less the global model the client holds; then its RoundReport
+              (REPORT_FIELDS)                                                 upload_size(payload words)
+    start     the model the first round trains from (float32, never compressed), then that round's index
               (0, or where a resumed run continues); always the first download; a resumed client
-              merge sends each client its own start
-    download  the global model, then one flag: CONTINUE or STOP               download_size(numel)
+              merge sends each client its own start                           download_size(numel)
+    download  a payload: the global model, or with --compress the global model less what the clients
+              hold; then one flag: CONTINUE or STOP                           download_size(payload words)
     report    a RoundReport alone: a client's last job, after the final download
     hello     a client's fingerprint (HELLO_SIZE numbers), first of all: the server refuses a client whose
               options or model differ from its own, before any model of another size is sent
 
-Nothing is ever unpickled from the network.
+A payload is the fields of Utils.compression's format (part_specs) laid end to end as bytes, padded with
+zeros to whole float32 words (pack_payload): with --compress none just the float32 model. Nothing is ever
+unpickled from the network.
 
 Link emulation (--bandwidth, --latency): on loopback a transfer takes microseconds, which hides
 what Overlap-FedAvg is about. A client link of `bandwidth_mbit` and `latency_ms` delays each message by
@@ -150,12 +154,12 @@ def check_clients(fingerprint: bytes, clients: list[int], timeout_s: float) -> N
                               f"every rank the same options (and the same data)")
 
 
-def upload_size(model_numel: int) -> int:
-    return model_numel + len(REPORT_FIELDS)
+def upload_size(payload_words: int) -> int:
+    return payload_words + len(REPORT_FIELDS)
 
 
-def download_size(model_numel: int) -> int:
-    return model_numel + 1
+def download_size(payload_words: int) -> int:
+    return payload_words + 1
 
 
 def pack_upload(model_flat: torch.Tensor, report: RoundReport) -> torch.Tensor:
@@ -171,18 +175,49 @@ def pack_download(model_flat: torch.Tensor, stop: bool) -> torch.Tensor:
     return torch.cat([model_flat, torch.tensor([STOP if stop else CONTINUE])])
 
 
-def unpack_download(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, bool]:
-    """A download's model part (a view) and whether the run stops; PeerFailure for a malformed one."""
-    flag = message[model_numel].item()
+def unpack_download(message: torch.Tensor, payload_words: int) -> tuple[torch.Tensor, bool]:
+    """A download's payload (a view) and whether the run stops; PeerFailure for a malformed one. The model
+    the payload stands for is checked with finite_global_model."""
+    flag = message[payload_words].item()
     if flag not in (CONTINUE, STOP):
         raise PeerFailure(f"the server sent a malformed download (flag {flag!r}, expected {CONTINUE} or {STOP})")
-    return _finite(message[:model_numel]), flag == STOP
+    return message[:payload_words], flag == STOP
 
 
-def _finite(model_flat: torch.Tensor) -> torch.Tensor:
+def finite_global_model(model_flat: torch.Tensor) -> torch.Tensor:
+    """The global model a client received; PeerFailure when it is not finite."""
     if not torch.isfinite(model_flat).all():
         raise PeerFailure("the server sent a global model that is not finite")
     return model_flat
+
+
+
+# Every field starts at a multiple of its own size (the formats order them so), so each is a view.
+def payload_words(specs: list[tuple[torch.dtype, int]]) -> int:
+    """How many float32 words a payload of these fields (dtype, count) takes."""
+    return math.ceil(sum(dtype.itemsize * count for dtype, count in specs) / 4)
+
+
+def pack_payload(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The fields end to end as bytes, zero-padded to whole float32 words (a lone float32 field as it is)."""
+    if len(parts) == 1 and parts[0].dtype == torch.float32:
+        return parts[0]
+    raw = torch.cat([part.contiguous().view(torch.uint8) for part in parts])
+    words = torch.zeros(math.ceil(raw.numel() / 4) * 4, dtype=torch.uint8)
+    words[:raw.numel()] = raw
+    return words.view(torch.float32)
+
+
+def unpack_payload(payload: torch.Tensor, specs: list[tuple[torch.dtype, int]]) -> list[torch.Tensor]:
+    """The fields of a payload (views into it), as pack_payload laid them out."""
+    if len(specs) == 1 and specs[0][0] == torch.float32:
+        return [payload[:specs[0][1]]]
+    raw, parts, offset = payload.contiguous().view(torch.uint8), [], 0
+    for dtype, count in specs:
+        size = dtype.itemsize * count
+        parts.append(raw[offset:offset + size].view(dtype))
+        offset += size
+    return parts
 
 
 def pack_start(model_flat: torch.Tensor, first_round: int) -> torch.Tensor:
@@ -194,7 +229,7 @@ def unpack_start(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor,
     first_round = message[model_numel].item()
     if first_round != int(first_round) or first_round < 0:
         raise PeerFailure(f"the server sent a malformed start (round {first_round!r})")
-    return _finite(message[:model_numel]), int(first_round)
+    return finite_global_model(message[:model_numel]), int(first_round)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Bad command lines stop at the parser: exit status 2 and one line naming what was wrong."""
+import json
 import runpy
 import sys
 from dataclasses import asdict
@@ -39,6 +40,9 @@ CASES = [
     (["FedAvg.py", "--partition", "skewed"], "invalid choice: 'skewed'"),
     (["FedAvg.py", "--master_port", "70000"], "must be a port between"),
     (["AsyncFedAvg.py", "--compensation", "taylor"], "invalid choice: 'taylor'"),
+    (["FedAvg.py", "--compress", "int4"], "invalid choice: 'int4'"),
+    (["FedAvg.py", "--topk_ratio", "0"], "must be above 0 and at most 1, got 0"),
+    (["AsyncFedAvg.py", "--topk_ratio", "1.5"], "must be above 0 and at most 1, got 1.5"),
     (["AsyncFedAvg.py", "--mom", "1.2"], "--mom must be below 1"),
     (["AsyncFedAvg.py", "--optuna", "--optuna_lr", "0.1", "0.01"], "needs LOW < HIGH"),
     (["AsyncFedAvg.py", "--optuna_early_stop", "x", "0.9"], "ROUND (an integer)"),
@@ -87,7 +91,8 @@ def test_every_option_has_help_and_shows_one_default(script):
 FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, dataset="mnist", model="mnistnet",
                        batch_size=32, max_epoch=10, client_epoch=5, lr=0.01, seed=2020, partition="noniid",
                        alpha=0.5, data_dir="./data", out_dir=None, gpus=None, backend="gloo",
-                       master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, eval_every=1,
+                       master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, compress="none",
+                       topk_ratio=0.05, eval_every=1,
                        max_train_samples=None, resume=None, test_samples=None, timeout=1800.0, threads=1, mom=0.0,
                        server_lr=1.0, lambd=0.0, compensation="none", comp_coef=0.5, merge_weight=1.0, early_stop=None,
                        launch_time=None)
@@ -157,3 +162,11 @@ def test_resuming_a_directory_whose_config_is_not_a_runs_says_so(content, tmp_pa
     assert err.strip().splitlines()[-1].endswith(f"{tmp_path / 'config.json'} is not the config.json of a run of "
                                                  f"this project; give a run directory that FedAvg.py wrote")
     assert "None.py" not in err
+
+
+def test_resuming_a_compressed_run_is_refused_in_one_line(tmp_path, capsys):
+    config = {**FEDAVG_DEFAULTS, "compress": "int8", "out_dir": str(tmp_path)}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    status, _, err = run_entry(["FedAvg.py", "--resume", str(tmp_path)], capsys)
+    assert status == 2
+    assert "sends --compress int8 messages, and resuming those is not supported yet" in err.strip().splitlines()[-1]

@@ -115,7 +115,8 @@ def test_a_malformed_or_non_finite_download_is_refused():
     with pytest.raises(transport.PeerFailure, match="malformed download"):
         transport.unpack_download(bad_flag, 3)
     with pytest.raises(transport.PeerFailure, match="not finite"):
-        transport.unpack_download(transport.pack_download(torch.tensor([1.0, float("nan"), 1.0]), False), 3)
+        transport.finite_global_model(transport.unpack_download(
+            transport.pack_download(torch.tensor([1.0, float("nan"), 1.0]), False), 3)[0])
     assert transport.unpack_start(transport.pack_start(model, 7), 3)[1] == 7
     with pytest.raises(transport.PeerFailure, match="malformed start"):
         transport.unpack_start(torch.cat([model, torch.tensor([1.5])]), 3)
