@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: int) -> None:
-    link = transport.Link(cfg.bandwidth, cfg.latency)
+    link = transport.Link(*cfg.client_link(rank))
+    slowdown = cfg.client_slowdown(rank)
     comm = transport.CommThread(name=f"comm-{rank}")
     specs = part_specs(cfg.compress, model_numel, cfg.topk_ratio)
     words = transport.payload_words(specs)
@@ -76,6 +77,8 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
             act_out(fault, "train")
             started = time.perf_counter()
             local, train_loss = trainer.train_round(start, round_index)
+            if slowdown > 1:   # --slowdown: a client k times slower, emulated by waiting
+                time.sleep((slowdown - 1) * (time.perf_counter() - started))
             train_s = time.perf_counter() - started
             # Overlap: G_r arrives while (or after) round r+1 trains.
             if pending is not None and receive_next_global(pending):

@@ -55,6 +55,19 @@ def _mean(values: list[float], weights: list[float] | None = None) -> float:
     return float(sum(w * v for w, v in zip(weights, values, strict=True)))
 
 
+# A receive that takes this much longer than the round's quickest one waited for its client's upload.
+STRAGGLER_WAIT_S = 0.01
+
+
+def waited_for(clients: list[int], waits: list[float]) -> int | None:
+    """The client the round waited for: uploads are received in client order, so it is the last one whose
+    receive blocked (took STRAGGLER_WAIT_S more than the quickest, or than nothing with one client); None when
+    every upload was already in."""
+    quickest = min(waits) if len(waits) > 1 else 0.0
+    blocked = [client for client, wait in zip(clients, waits, strict=True) if wait > quickest + STRAGGLER_WAIT_S]
+    return blocked[-1] if blocked else None
+
+
 class Diverged(RuntimeError):
     """A non-finite upload or global model: the run cannot recover, so it stops with the round and the cause."""
 
@@ -97,6 +110,7 @@ class _Server:
         self.merge_base: torch.Tensor | None = None
         self.last_uploads: list[torch.Tensor] = []
         self.last_sent = 0.0
+        self.waited_for: int | None = None   # the round's straggler (waited_for)
         self.deadline = transport.HangDeadline(cfg.timeout)
         evaluates = cfg.eval_every > 0 or cfg.early_stop is not None
         self.evaluator = BackgroundEvaluator(model, data, self.metric, self.out_dir / "best_model.pt",
@@ -232,12 +246,14 @@ class _Server:
         """Every client's upload, in fixed client order, folded into the update's running sums; and what
         diverged, if an upload is not finite (all are received even then, so that no client is left sending)."""
         moments, reports, diverged = self.update.new_round(), [], None
-        uploads = []
+        uploads, waits = [], []
         for client, weight in zip(self.clients, self.weights, strict=True):
+            began = time.perf_counter()
             # The client merge keeps every upload for the checkpoint: each in a buffer of its own.
             buffer = torch.empty_like(self.upload) if self.cfg.client_merge else self.upload
             transport.recv(buffer, client, timeout_s=self.deadline.seconds,
                            waiting_for=f" (the server was waiting for client {client}'s upload of round {round_index})")
+            waits.append(time.perf_counter() - began)
             local, report = transport.unpack_upload(buffer, self.payload_words)
             if self.cfg.compress != "none":
                 local = self.update.current + decode(transport.unpack_payload(local, self.specs), self.cfg.compress,
@@ -251,6 +267,7 @@ class _Server:
             reports.append(report)
         if self.cfg.client_merge:
             self.last_uploads = uploads
+        self.waited_for = waited_for(self.clients, waits)
         return moments, reports, diverged
 
     def broadcast(self, *, stop: bool, round_index: int = 0, reports: list[RoundReport] = ()) -> dict:
@@ -266,7 +283,8 @@ class _Server:
                "bytes_up": len(reports) * self.upload.numel() * self.upload.element_size(),
                "bytes_down": bytes_down,
                # the scalar C of the compensation (adaptive forms: this update's estimate); FedAvg has none
-               "comp_coef": self.update.last_comp_coef if self.update.stale and reports else None}
+               "comp_coef": self.update.last_comp_coef if self.update.stale and reports else None,
+               "waited_for": self.waited_for if reports else None}
         self.last_sent = now
         return row
 

@@ -27,11 +27,12 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 1
 
 # Options that may differ when a run is resumed: where and how the processes run, how long they wait (these
-# come from the new command line, as for any job), and, kept from the run unless given: the emulated link
-# (time only), where the data is, and how many rounds there are (a finished run can be extended).
+# come from the new command line, as for any job), and, kept from the run unless given: the emulated link and
+# the clients' speeds (time only), where the data is, and how many rounds there are (a finished run can be
+# extended).
 PROCESS_OPTIONS = frozenset({"gpus", "backend", "master_addr", "master_port", "timeout", "threads"})
-RESUMABLE_CHANGES = PROCESS_OPTIONS | {"max_epoch", "data_dir", "bandwidth", "latency", "resume", "out_dir",
-                                       "launch_time"}
+RESUMABLE_CHANGES = PROCESS_OPTIONS | {"max_epoch", "data_dir", "bandwidth", "latency", "slowdown", "resume",
+                                       "out_dir", "launch_time"}
 
 
 class CheckpointError(ValueError):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from Networks import check_model_fits
 from Utils.checkpoint import PROCESS_OPTIONS, RESUMABLE_CHANGES
-from Utils.config import ASYNC, FEDAVG, RunConfig, SearchConfig
+from Utils.config import ASYNC, FEDAVG, PER_CLIENT_OPTIONS, RunConfig, SearchConfig, client_value
 from Utils.datasets import dataset_is_text, image_shape
 
 EPILOG = """\
@@ -180,6 +180,11 @@ def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--model {args.model} with --dataset {args.dataset}: {error}")
     if args.backend == "nccl" and args.gpus is None:
         parser.error("--backend nccl needs --gpus (one CUDA device per rank)")
+    for name in PER_CLIENT_OPTIONS:
+        try:
+            client_value(getattr(args, name), 1, args.world_size - 1, args.seed, name)
+        except ValueError as error:
+            parser.error(str(error))
     moms = args.mom if isinstance(args.mom, list) else [args.mom]   # AsyncFedAvg takes a grid of them
     if any(value >= 1 for value in moms):
         parser.error("--mom must be below 1 (a momentum of 1 or more diverges)")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -88,6 +90,51 @@ def positive_fraction(text: str) -> float:
     return value
 
 
+def at_least_one(text: str) -> float:
+    value = finite_float(text)
+    if not value >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+SPREAD = "lognormal"   # --bandwidth lognormal:MEDIAN:SIGMA and the like (client_value)
+PER_CLIENT_OPTIONS = ("bandwidth", "latency", "slowdown")
+
+
+def per_client(number: Callable[[str], float]) -> Callable[[str], float | tuple[float, ...] | str]:
+    """An option with a value per client: NUMBER (every client), a comma list (one per client, in rank
+    order) or lognormal:MEDIAN:SIGMA (a seeded spread, client_value); each number checked by `number`."""
+    def parse(text: str) -> float | tuple[float, ...] | str:
+        if text.startswith(SPREAD + ":"):
+            parts = text.split(":")
+            if len(parts) != 3:
+                raise argparse.ArgumentTypeError(f"a spread is {SPREAD}:MEDIAN:SIGMA, got {text}")
+            return f"{SPREAD}:{number(parts[1]):g}:{non_negative_float(parts[2]):g}"
+        if "," in text:
+            return tuple(number(part) for part in text.split(","))
+        return number(text)
+    parse.__name__ = number.__name__   # argparse names it in "invalid ... value"
+    return parse
+
+
+def client_value(spec: float | tuple[float, ...] | str | None, client: int, num_clients: int, seed: int,
+                 name: str) -> float | None:
+    """Client `client`'s (1..N) value of a per-client option. A spread lognormal:MEDIAN:SIGMA gives client k
+    MEDIAN * exp(SIGMA * z_k), with z_1..z_N standard normal draws seeded by the option's name and --seed, so
+    every rank derives the same values without a message."""
+    if spec is None or isinstance(spec, int | float):
+        return spec
+    if isinstance(spec, tuple | list):
+        if len(spec) != num_clients:
+            raise ValueError(f"--{name} lists {len(spec)} values for {num_clients} clients; give one per client "
+                             f"(in rank order), one for all, or a spread {SPREAD}:MEDIAN:SIGMA")
+        return float(spec[client - 1])
+    _, median, sigma = spec.split(":")
+    draws = random.Random(f"{name}:{seed}")
+    z = [draws.gauss(0.0, 1.0) for _ in range(num_clients)]
+    return float(median) * math.exp(float(sigma) * z[client - 1])
+
+
 def unit_interval(text: str) -> float:
     value = finite_float(text)
     if not 0.0 <= value <= 1.0:
@@ -141,9 +188,17 @@ class RunConfig:
         "torch.distributed backend (nccl: CUDA devices only, needs --gpus)", choices=("gloo", "nccl"))
     master_addr: str = option("localhost", "the server's address (single machine: localhost)")
     master_port: int = option(29500, "the server's port (0: pick a free one)", type=port_number)
-    bandwidth: float | None = option(None,
-        "emulate each client's link at this many Mbit/s (default: the real network)", type=positive_float)
-    latency: float = option(0.0, "emulated link latency per message, ms", type=non_negative_float)
+    # Per-client options: one value, a comma list (one per client) or lognormal:MEDIAN:SIGMA (client_value).
+    bandwidth: float | tuple[float, ...] | str | None = option(None,
+        "emulate each client's link at this many Mbit/s: one value, one per client (20,5,20,20) or a seeded "
+        "spread lognormal:MEDIAN:SIGMA (default: the real network)", type=per_client(positive_float))
+    latency: float | tuple[float, ...] | str = option(0.0,
+        "emulated link latency per message, ms (one value, one per client, or a spread)",
+        type=per_client(non_negative_float))
+    slowdown: float | tuple[float, ...] | str = option(1.0,
+        "a client trains this many times slower: after each round it waits (k - 1) times its training time "
+        "(one value, one per client, or a spread, floored at 1), to study stragglers on one machine",
+        type=per_client(at_least_one))
     compress: str = option("none",
         "message format: uploads carry the client's model less the global model it holds, downloads the "
         "global model less what the clients hold, as float32 (none), fp16, int8 (per-block scales) or topk "
@@ -197,6 +252,14 @@ class RunConfig:
     @property
     def num_clients(self) -> int:
         return self.world_size - 1
+
+    def client_link(self, client: int) -> tuple[float | None, float]:
+        """(bandwidth Mbit/s or None, latency ms) of client `client` (1..N)."""
+        return (client_value(self.bandwidth, client, self.num_clients, self.seed, "bandwidth"),
+                client_value(self.latency, client, self.num_clients, self.seed, "latency"))
+
+    def client_slowdown(self, client: int) -> float:
+        return max(1.0, client_value(self.slowdown, client, self.num_clients, self.seed, "slowdown"))
 
     @property
     def client_merge(self) -> bool:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 # Columns other tools read by name (docs/outputs.md, "The run directory"); the metric column is accuracy or perplexity.
 METRIC_COLUMNS = ("round", "{metric}", "test_loss", "train_loss", "round_s", "train_s", "comm_wait_s",
-                  "comm_s", "bytes_up", "bytes_down", "wall_s", "comp_coef", "eval_s")
+                  "comm_s", "bytes_up", "bytes_down", "wall_s", "comp_coef", "eval_s", "waited_for")
 
 
 class _BarSafeHandler(logging.StreamHandler):

@@ -40,7 +40,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
-from jobs import JobResult, Link, logged_startup_s, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
+from jobs import (  # noqa: E402
+    JobResult,
+    Link,
+    calibrated_link,
+    logged_startup_s,
+    report_and_exit,
+    run_job,
+    steady_mean,
+    work_directory,
+)
 
 from Utils.run_log import first_reaching  # noqa: E402
 
@@ -101,12 +110,8 @@ def run_setting(args, name: str, work: Path, verdicts: list) -> None:
     pilot = run_job("FedAvg.py", job_options(args, pilot_setting, evaluate=False, link=None),
                     work / f"{name}-pilot", args.job_timeout)
     training_s = steady_mean(pilot.rows, "round_s")
-    message_bytes = sum(pilot.rows[0][c] for c in ("bytes_up", "bytes_down")) / NUM_CLIENTS
     for regime in args.regimes:
-        budget_s = regime * training_s - 2 * args.latency / 1000
-        if budget_s <= 0:
-            sys.exit(f"--latency {args.latency} ms alone exceeds {regime} x {training_s:.3f} s of training")
-        link = Link(8 * message_bytes / budget_s / 1e6, args.latency)
+        link = calibrated_link(pilot, NUM_CLIENTS, regime, args.latency)
         print(f"\n## {name}: {setting.dataset}/{setting.model}, {setting.epochs} local epoch(s) x {setting.rounds} "
               f"rounds{f', {setting.subset:,}-sample subset' if setting.subset else ''}; training {training_s:.2f} s "
               f"a round (pilot), link {link.bandwidth_mbit:.3f} Mbit/s + {link.latency_ms:g} ms: upload + "

@@ -51,6 +51,17 @@ class Link:
         return 2 * self.latency_ms / 1000 + 8 * (upload_bytes + download_bytes) / (self.bandwidth_mbit * 1e6)
 
 
+def calibrated_link(pilot: JobResult, num_clients: int, comm_over_train: float, latency_ms: float) -> Link:
+    """The link on which one upload + one download take comm_over_train x one round's training, measured by a
+    pilot job without a link and without evaluation (mean round_s of rounds 2..R; message sizes of round 1)."""
+    training_s = steady_mean(pilot.rows, "round_s")
+    message_bytes = sum(pilot.rows[0][c] for c in ("bytes_up", "bytes_down")) / num_clients
+    budget_s = comm_over_train * training_s - 2 * latency_ms / 1000
+    if budget_s <= 0:
+        sys.exit(f"--latency {latency_ms} ms alone exceeds {comm_over_train} x {training_s:.3f} s of training")
+    return Link(8 * message_bytes / budget_s / 1e6, latency_ms)
+
+
 def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float, check: bool = True) -> JobResult:
     """Run one FedAvg.py / AsyncFedAvg.py job to completion; exit the benchmark if it fails, unless check is
     False and the job left its metrics.csv (a diverged run, say: its good rounds are a result)."""

@@ -18,7 +18,8 @@ from Utils.replay import ScheduleReplay, server_update_step
 # A small MNIST job: 3 processes (server + 2 clients), a 6,000-sample subset, few rounds.
 QUICK_MNIST = ("--dataset", "mnist", "--model", "mlp", "--world_size", "3", "--max_train_samples", "6000",
                "--client_epoch", "1", "--master_port", "0", "--timeout", "60")
-TIMING_COLUMNS = {"round_s", "train_s", "comm_wait_s", "comm_s", "wall_s", "eval_s"}
+# Columns that depend on timing (waited_for: which client the server waited for), not on the seed.
+TIMING_COLUMNS = {"round_s", "train_s", "comm_wait_s", "comm_s", "wall_s", "eval_s", "waited_for"}
 
 
 def job_env(**extra: str) -> dict:

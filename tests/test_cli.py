@@ -41,6 +41,10 @@ CASES = [
     (["FedAvg.py", "--master_port", "70000"], "must be a port between"),
     (["AsyncFedAvg.py", "--compensation", "taylor"], "invalid choice: 'taylor'"),
     (["FedAvg.py", "--compress", "int4"], "invalid choice: 'int4'"),
+    (["FedAvg.py", "--world_size", "3", "--bandwidth", "20,5,20"], "--bandwidth lists 3 values for 2 clients"),
+    (["FedAvg.py", "--latency", "lognormal:30"], "a spread is lognormal:MEDIAN:SIGMA, got lognormal:30"),
+    (["FedAvg.py", "--slowdown", "0.5"], "must be 1 or more, got 0.5"),
+    (["FedAvg.py", "--bandwidth", "20,-1,3,4"], "must be a positive number, got -1"),
     (["FedAvg.py", "--topk_ratio", "0"], "must be above 0 and at most 1, got 0"),
     (["AsyncFedAvg.py", "--topk_ratio", "1.5"], "must be above 0 and at most 1, got 1.5"),
     (["AsyncFedAvg.py", "--mom", "1.2"], "--mom must be below 1"),
@@ -91,8 +95,8 @@ def test_every_option_has_help_and_shows_one_default(script):
 FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, dataset="mnist", model="mnistnet",
                        batch_size=32, max_epoch=10, client_epoch=5, lr=0.01, seed=2020, partition="noniid",
                        alpha=0.5, data_dir="./data", out_dir=None, gpus=None, backend="gloo",
-                       master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, compress="none",
-                       topk_ratio=0.05, eval_every=1,
+                       master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, slowdown=1.0,
+                       compress="none", topk_ratio=0.05, eval_every=1,
                        max_train_samples=None, resume=None, test_samples=None, timeout=1800.0, threads=1, mom=0.0,
                        server_lr=1.0, lambd=0.0, compensation="none", comp_coef=0.5, merge_weight=1.0, early_stop=None,
                        launch_time=None)
@@ -170,3 +174,17 @@ def test_resuming_a_compressed_run_is_refused_in_one_line(tmp_path, capsys):
     status, _, err = run_entry(["FedAvg.py", "--resume", str(tmp_path)], capsys)
     assert status == 2
     assert "sends --compress int8 messages, and resuming those is not supported yet" in err.strip().splitlines()[-1]
+
+
+def test_per_client_options_give_each_client_its_value():
+    parser = build_parser("FedAvg", "")
+    cfg = run_config(parser, parser.parse_args(["--bandwidth", "20,5,20,20", "--latency", "30",
+                                                "--slowdown", "lognormal:2:0.5"]))
+    assert cfg.bandwidth == (20.0, 5.0, 20.0, 20.0) and cfg.slowdown == "lognormal:2:0.5"
+    assert [cfg.client_link(k) for k in (1, 2)] == [(20.0, 30.0), (5.0, 30.0)]
+    slowdowns = [cfg.client_slowdown(k) for k in range(1, 5)]
+    assert all(s >= 1 for s in slowdowns) and len(set(slowdowns)) > 1   # a spread, floored at 1
+    again = run_config(parser, parser.parse_args(["--slowdown", "lognormal:2:0.5"]))
+    assert [again.client_slowdown(k) for k in range(1, 5)] == slowdowns   # seeded: every rank derives the same
+    other_seed = run_config(parser, parser.parse_args(["--slowdown", "lognormal:2:0.5", "--seed", "7"]))
+    assert [other_seed.client_slowdown(k) for k in range(1, 5)] != slowdowns

@@ -143,7 +143,7 @@ FAULT_OPTIONS = [a for a in QUICK_MNIST if a not in ("--timeout", "60")] + ["--t
 # Overlap-FedAvg with the client merge: every client carries state (its start) that a resume must restore.
 SCRIPT_OPTIONS = {"FedAvg.py": [],
                   "AsyncFedAvg.py": ["--compensation", "local", "--merge_weight", "0.5", "--mom", "0.5"]}
-TIMING = ("round_s", "train_s", "comm_wait_s", "comm_s", "wall_s", "eval_s")
+TIMING = ("round_s", "train_s", "comm_wait_s", "comm_s", "wall_s", "eval_s", "waited_for")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from Networks import build_model
 pytestmark = pytest.mark.slow
 
 EXPECTED_COLUMNS = ["round", "accuracy", "test_loss", "train_loss", "round_s", "train_s", "comm_wait_s",
-                    "comm_s", "bytes_up", "bytes_down", "wall_s", "comp_coef", "eval_s"]
+                    "comm_s", "bytes_up", "bytes_down", "wall_s", "comp_coef", "eval_s", "waited_for"]
 
 
 @pytest.fixture(scope="module")
