@@ -304,7 +304,9 @@ def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
                      corpus_tokens=size.train + size.test if text else 0,
                      snapshot_bytes=min(evaluations, max_pending_snapshots(model_bytes)) * model_bytes,
                      merge_state_bytes=merge_state_copies(cfg.num_clients) * model_bytes if cfg.client_merge else 0,
-                     compressed=cfg.compress != "none", forked=forked)
+                     compressed=cfg.compress != "none",
+                     receive_buffers=1 if cfg.client_merge else min(cfg.receive_window, cfg.num_clients),
+                     forked=forked)
     needed, available = job_memory_bytes(shape), available_bytes()
     log.info("memory: about %.1f GB for the job's %d processes%s", needed / 2**30, cfg.world_size,
              f", {available / 2**30:.1f} GB available" if available is not None else "")

@@ -10,6 +10,7 @@ replica what the clients will decode: what a broadcast loses stays in the differ
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -102,7 +103,10 @@ class _Server:
                                    comp_coef=cfg.comp_coef, num_buffers=buffer_size(model))
         self.specs = part_specs(cfg.compress, self.model_numel, cfg.topk_ratio)
         self.payload_words = transport.payload_words(self.specs)
-        self.upload = torch.empty(transport.upload_size(self.payload_words))
+        self.window = min(cfg.receive_window, cfg.num_clients)
+        # Reused round after round; the client merge instead keeps each upload in a new buffer (receive)
+        self.upload_buffers = [] if cfg.client_merge else [torch.empty(transport.upload_size(self.payload_words))
+                                                           for _ in range(self.window)]
         # --compress: the global model as the clients hold it (what the broadcasts have added up to)
         self.replica = self.update.current.clone() if cfg.compress != "none" else None
         # The client merge: each client's next start depends on its last upload and the global model that upload
@@ -247,12 +251,22 @@ class _Server:
         diverged, if an upload is not finite (all are received even then, so that no client is left sending)."""
         moments, reports, diverged = self.update.new_round(), [], None
         uploads, waits = [], []
-        for client, weight in zip(self.clients, self.weights, strict=True):
-            began = time.perf_counter()
+        # Up to --receive_window uploads in flight at once (on a real network, one receive at a time would make
+        # the clients' transfers queue behind each other), each added in client order when it is in.
+        in_flight: collections.deque[transport.PostedReceive] = collections.deque()
+        free = list(self.upload_buffers)
+
+        def post(index: int) -> None:
             # The client merge keeps every upload for the checkpoint: each in a buffer of its own.
-            buffer = torch.empty_like(self.upload) if self.cfg.client_merge else self.upload
-            transport.recv(buffer, client, timeout_s=self.deadline.seconds,
-                           waiting_for=f" (the server was waiting for client {client}'s upload of round {round_index})")
+            buffer = torch.empty(transport.upload_size(self.payload_words)) if self.cfg.client_merge else free.pop()
+            in_flight.append(transport.post_recv(buffer, self.clients[index]))
+
+        for index in range(self.window):
+            post(index)
+        for index, (client, weight) in enumerate(zip(self.clients, self.weights, strict=True)):
+            began = time.perf_counter()
+            buffer = in_flight.popleft().wait(self.deadline.seconds, f" (the server was waiting for client {client}'s "
+                                                                     f"upload of round {round_index})")
             waits.append(time.perf_counter() - began)
             local, report = transport.unpack_upload(buffer, self.payload_words)
             if self.cfg.compress != "none":
@@ -265,6 +279,10 @@ class _Server:
                             f"the run diverged: try a smaller --lr")
             moments.add(local, weight)
             reports.append(report)
+            if not self.cfg.client_merge:
+                free.append(buffer)   # added up: the next receive may fill it
+            if index + self.window < len(self.clients):
+                post(index + self.window)
         if self.cfg.client_merge:
             self.last_uploads = uploads
         self.waited_for = waited_for(self.clients, waits)
@@ -280,7 +298,7 @@ class _Server:
         row = {"round": round_index, "round_s": now - self.last_sent, "wall_s": time.time() - self.launched,
                "train_loss": _mean([r.train_loss for r in reports], self.weights) if reports else math.nan,
                "train_s": _mean([r.train_s for r in reports]) if reports else math.nan,
-               "bytes_up": len(reports) * self.upload.numel() * self.upload.element_size(),
+               "bytes_up": len(reports) * 4 * transport.upload_size(self.payload_words),
                "bytes_down": bytes_down,
                # the scalar C of the compensation (adaptive forms: this update's estimate); FedAvg has none
                "comp_coef": self.update.last_comp_coef if self.update.stale and reports else None,

@@ -31,8 +31,8 @@ FORMAT = 1
 # the clients' speeds (time only), where the data is, and how many rounds there are (a finished run can be
 # extended).
 PROCESS_OPTIONS = frozenset({"gpus", "backend", "master_addr", "master_port", "timeout", "threads"})
-RESUMABLE_CHANGES = PROCESS_OPTIONS | {"max_epoch", "data_dir", "bandwidth", "latency", "slowdown", "resume",
-                                       "out_dir", "launch_time"}
+RESUMABLE_CHANGES = PROCESS_OPTIONS | {"max_epoch", "data_dir", "bandwidth", "latency", "slowdown",
+                                       "receive_window", "resume", "out_dir", "launch_time"}
 
 
 class CheckpointError(ValueError):

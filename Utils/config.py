@@ -207,6 +207,10 @@ class RunConfig:
     topk_ratio: float = option(0.05,
         "--compress topk: the share of a message's numbers it keeps (8 bytes each: 0.05 sends 10 % of the "
         "float32 bytes)", type=positive_fraction)
+    receive_window: int = option(8,
+        "the server receives up to this many clients' uploads at once, each into a buffer of its own, so that "
+        "on a real network their transfers run side by side (it still adds them in client order)",
+        type=positive_int)
     eval_every: int = option(1,
         "evaluate the global model every N rounds and after the last (0: never, for timing runs)",
         type=non_negative_int)

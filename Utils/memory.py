@@ -8,7 +8,8 @@ The estimate is a model of where a job's memory goes, calibrated on this project
   whatever the number of clients; text corpora are tokenised by every rank;
 - a few copies of the model per rank (model, gradients, flat vectors, messages), and on the server the
   snapshots waiting for evaluation and, with the client merge, every client's last upload for the checkpoint;
-  with --compress two more per rank (error feedback's residual or the server's replica, a decoded difference).
+  with --compress two more per rank (error feedback's residual or the server's replica, a decoded difference);
+  the server's upload buffers, one per upload it receives at once (--receive_window).
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ class JobShape:
     snapshot_bytes: int = 0     # models that may wait for evaluation on the server
     merge_state_bytes: int = 0  # the client merge: the clients' last uploads the server keeps (merge_state_copies)
     compressed: bool = False    # --compress other than none (COMPRESSION_COPIES_PER_RANK)
+    receive_buffers: int = 1    # the server's upload buffers (--receive_window; one is among the rank's copies)
     forked: bool = True         # ranks are forks of one preloaded process (CPU) rather than spawned
 
 
@@ -82,7 +84,7 @@ def job_memory_bytes(shape: JobShape) -> int:
     per_rank = RANK_PRIVATE_BYTES + copies * shape.model_bytes \
         + shape.corpus_tokens * TOKEN_BYTES_WHILE_LOADING
     return shared + shape.world_size * per_rank + shape.train_bytes + shape.test_bytes + shape.snapshot_bytes \
-        + shape.merge_state_bytes
+        + shape.merge_state_bytes + (shape.receive_buffers - 1) * shape.model_bytes
 
 
 def memory_refusal(needed: int, available: int | None) -> str | None:

@@ -131,7 +131,7 @@ REPORT_FIELDS = tuple(f.name for f in fields(RoundReport))
 
 
 HELLO_SIZE = 5   # protocol version, then a 64-bit fingerprint as four 16-bit numbers (exact in float32)
-PROTOCOL_VERSION = 1.0
+PROTOCOL_VERSION = 2.0   # 2: payloads may be compressed (--compress)
 
 
 def hello_message(fingerprint: bytes) -> torch.Tensor:
@@ -302,14 +302,33 @@ def send(tensor: torch.Tensor, dst: int, link: Link = Link()) -> int:
     return num_bytes
 
 
+class PostedReceive:
+    """A receive in flight (post_recv): several can be in flight at once, from different peers, so that on a
+    real network their transfers run side by side instead of one after another."""
+
+    def __init__(self, buffer: torch.Tensor, src: int):
+        self.buffer, self.src = buffer, src
+        self._staged = buffer if _nccl_device is None else torch.empty_like(buffer, device=_nccl_device)
+        self._work = _peer_call("receiving from", src, lambda: dist.irecv(self._staged, src))
+
+    def wait(self, timeout_s: float | None = None, waiting_for: str = "") -> torch.Tensor:
+        """The filled buffer; PeerFailure naming the peer when it fails or does not answer within timeout_s."""
+        _peer_call("receiving from", self.src, lambda: _wait(self._work, timeout_s), waiting_for, timeout_s)
+        if self._staged is not self.buffer:
+            self.buffer.copy_(self._staged)
+        return self.buffer
+
+
+def post_recv(buffer: torch.Tensor, src: int) -> PostedReceive:
+    """Start receiving into buffer from src; PostedReceive.wait() finishes it."""
+    return PostedReceive(buffer, src)
+
+
 def recv(buffer: torch.Tensor, src: int, link: Link = Link(), timeout_s: float | None = None,
          waiting_for: str = "") -> int:
     """Blocking receive into buffer; with an emulated link it is handed over after the link's delay.
     timeout_s: give up sooner than the process group's timeout; waiting_for: what for, for the error."""
-    staged = buffer if _nccl_device is None else torch.empty_like(buffer, device=_nccl_device)
-    _peer_call("receiving from", src, lambda: _wait(dist.irecv(staged, src), timeout_s), waiting_for, timeout_s)
-    if staged is not buffer:
-        buffer.copy_(staged)
+    post_recv(buffer, src).wait(timeout_s, waiting_for)
     num_bytes = buffer.numel() * buffer.element_size()
     delay = link.delay_s(num_bytes)
     if delay > 0:

@@ -64,10 +64,18 @@ def test_the_client_merge_counts_the_uploads_the_server_keeps(mnist_root, monkey
         launch._check_memory(cfg, size, forked=True)
     secant, local = shapes
     assert secant.merge_state_bytes == 0 and local.merge_state_bytes == 15 * local.model_bytes   # 3 x (4 + 1)
-    assert job_memory_bytes(local) - job_memory_bytes(secant) == 15 * local.model_bytes
+    # secant receives the 4 uploads into 4 reused buffers; the merge into the ones it keeps
+    assert secant.receive_buffers == 4 and local.receive_buffers == 1
+    assert job_memory_bytes(local) - job_memory_bytes(secant) == (15 - 3) * local.model_bytes
 
 
 def test_compressed_messages_add_two_model_copies_per_rank():
     base = dict(world_size=3, model_bytes=100 * MB, train_bytes=0, test_bytes=0)
     plain, compressed = job_memory_bytes(JobShape(**base)), job_memory_bytes(JobShape(**base, compressed=True))
     assert compressed - plain == 3 * 2 * 100 * MB
+
+
+def test_the_servers_upload_buffers_are_counted():
+    base = dict(world_size=5, model_bytes=100 * MB, train_bytes=0, test_bytes=0)
+    one, four = job_memory_bytes(JobShape(**base)), job_memory_bytes(JobShape(**base, receive_buffers=4))
+    assert four - one == 3 * 100 * MB
