@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from Utils.datasets import ImageData
-from Utils.flat import load_flat_into_model, model_size
+from Utils.flat import cpu_state_dict, load_flat_into_model, model_size
 from Utils.run_log import higher_is_better
 from Utils.text import TextData
-from Utils.training import evaluate
+from Utils.training import evaluate, stage_test_set
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class BackgroundEvaluator:
     def __init__(self, model: torch.nn.Module, data: ImageData | TextData, metric: str, best_path: Path,
                  timeout_s: float):
         self._model = copy.deepcopy(model)   # its own copy: the server keeps loading into the live one
-        self._data, self._metric, self._best_path, self._timeout_s = data, metric, best_path, timeout_s
+        self._data = stage_test_set(data, next(model.parameters()).device)   # staged once on a GPU
+        self._metric, self._best_path, self._timeout_s = metric, best_path, timeout_s
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending_snapshots(4 * model_size(model)))
         self._results: dict[int, dict] = {}
         self._done = threading.Condition()
@@ -128,4 +129,4 @@ class BackgroundEvaluator:
     def _keep_if_best(self, value: float) -> None:
         if self.best is None or (value > self.best if higher_is_better(self._metric) else value < self.best):
             self.best = value
-            torch.save(self._model.state_dict(), self._best_path)
+            torch.save(cpu_state_dict(self._model), self._best_path)

@@ -24,11 +24,19 @@ from Characters.rank import run_rank
 from Networks import build_model
 from Utils import transport
 from Utils.checkpoint import CheckpointError, read_checkpoint
-from Utils.config import RunConfig
+from Utils.config import RunConfig, device_for, nccl_sharing_refusal
 from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
 from Utils.datasets import DatasetSize, dataset_is_text, dataset_size, image_shape, load_dataset
 from Utils.flat import model_size
-from Utils.memory import JobShape, available_bytes, job_memory_bytes, memory_refusal, merge_state_copies
+from Utils.memory import (
+    JobShape,
+    available_bytes,
+    device_memory_bytes,
+    device_memory_refusal,
+    job_memory_bytes,
+    memory_refusal,
+    merge_state_copies,
+)
 from Utils.partition import client_shards, limit_training_set, partition_tokens
 from Utils.prepare import ensure_dataset
 from Utils.run_log import setup_logging
@@ -130,6 +138,10 @@ def _run_one_rank(cfg: RunConfig, rank: int, world_size: int) -> dict | None:
                  world_size, cfg.world_size)
     if world_size < 2:
         raise LaunchError(f"WORLD_SIZE={world_size}: a job needs the server and at least one client")
+    if cfg.backend == "nccl" and cfg.gpus and "LOCAL_WORLD_SIZE" in os.environ:   # torchrun: this machine's ranks
+        refusal = nccl_sharing_refusal(cfg.gpus, range(int(os.environ["LOCAL_WORLD_SIZE"])))
+        if refusal:
+            raise LaunchError(refusal.replace("(ranks", "(local ranks", 1))
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
             raise LaunchError(f"RANK and WORLD_SIZE are set but {name} is not; set it to the server's "
@@ -313,6 +325,15 @@ def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
     refusal = memory_refusal(needed, available)
     if refusal:
         raise LaunchError(refusal)
+    if cfg.gpus is not None and torch.cuda.is_available():
+        devices = [device_for(cfg.gpus, rank, True).index for rank in range(cfg.world_size)]
+        per_device = device_memory_bytes(shape, devices)
+        free = {device: torch.cuda.mem_get_info(device)[0] for device in per_device}
+        log.info("device memory: about %s", ", ".join(f"{b / 2**30:.1f} GB on GPU {d} ({free[d] / 2**30:.1f} GB "
+                                                       f"free)" for d, b in sorted(per_device.items())))
+        refusal = device_memory_refusal(per_device, free)
+        if refusal:
+            raise LaunchError(refusal)
 
 
 def _start_method(cfg: RunConfig) -> str:

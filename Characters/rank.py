@@ -15,7 +15,7 @@ from Characters.server import run_server
 from Networks import build_model, describe_model
 from Utils import transport
 from Utils.checkpoint import result_options
-from Utils.config import RunConfig
+from Utils.config import RunConfig, device_for
 from Utils.datasets import load_dataset, unverified_note
 from Utils.flat import model_size
 from Utils.partition import client_shards, limit_test_set, limit_training_set, shard_size
@@ -27,12 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(cfg: RunConfig, rank: int) -> torch.device:
-    """--gpus lists one CUDA device per rank on this machine (LOCAL_RANK under torchrun; cycled when
-    shorter); without CUDA every rank uses the CPU."""
-    if cfg.gpus is None or not torch.cuda.is_available():
-        return torch.device("cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    return torch.device(f"cuda:{cfg.gpus[local_rank % len(cfg.gpus)]}")
+    """This rank's device (device_for): its index on this machine is LOCAL_RANK under torchrun, else its rank."""
+    return device_for(cfg.gpus, int(os.environ.get("LOCAL_RANK", rank)), torch.cuda.is_available())
 
 
 def job_fingerprint(cfg: RunConfig, model_numel: int) -> bytes:

@@ -36,7 +36,7 @@ from Utils.checkpoint import CheckpointWriter, checkpoint_options, read_checkpoi
 from Utils.compression import decode, encode, part_specs
 from Utils.config import RunConfig
 from Utils.datasets import ImageData
-from Utils.flat import buffer_size, flatten_model, load_flat_into_model, model_size
+from Utils.flat import buffer_size, cpu_state_dict, flatten_model, load_flat_into_model, model_size
 from Utils.memory import reset_peak_resident, resident_mb
 from Utils.run_log import SUMMARY_TARGETS, MetricsWriter, best_row, higher_is_better, summarise_rows
 from Utils.text import TextData
@@ -227,7 +227,7 @@ class _Server:
                 log.info("evaluation finished %.1f s after the last round", time.time() - rounds_done)
         self.writer.close()
         load_flat_into_model(self.update.current, self.model)
-        torch.save(self.model.state_dict(), self.out_dir / "final_model.pt")
+        torch.save(cpu_state_dict(self.model), self.out_dir / "final_model.pt")
         figures = summarise_rows(self.writer.rows, self.metric, SUMMARY_TARGETS.get(cfg.dataset, ()),
                                  self.startup_s)
         summary = _summary(cfg, figures, self.metric, time.time() - self.launched, stopping)

@@ -8,12 +8,21 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 from dataclasses import Field, fields
 from pathlib import Path
 
 from Networks import check_model_fits
 from Utils.checkpoint import PROCESS_OPTIONS, RESUMABLE_CHANGES
-from Utils.config import ASYNC, FEDAVG, PER_CLIENT_OPTIONS, RunConfig, SearchConfig, client_value
+from Utils.config import (
+    ASYNC,
+    FEDAVG,
+    PER_CLIENT_OPTIONS,
+    RunConfig,
+    SearchConfig,
+    client_value,
+    nccl_sharing_refusal,
+)
 from Utils.datasets import dataset_is_text, image_shape
 
 EPILOG = """\
@@ -180,6 +189,10 @@ def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--model {args.model} with --dataset {args.dataset}: {error}")
     if args.backend == "nccl" and args.gpus is None:
         parser.error("--backend nccl needs --gpus (one CUDA device per rank)")
+    if args.backend == "nccl" and "RANK" not in os.environ:   # the launcher's ranks: all on this machine
+        refusal = nccl_sharing_refusal(args.gpus, range(args.world_size))
+        if refusal:
+            parser.error(refusal)
     for name in PER_CLIENT_OPTIONS:
         try:
             client_value(getattr(args, name), 1, args.world_size - 1, args.seed, name)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from Networks import MODEL_NAMES
 from Utils.aggregation import CLIENT_MERGE, COMPENSATIONS
 from Utils.compression import COMPRESSIONS
@@ -158,6 +160,35 @@ def device_list(text: str) -> tuple[int, ...]:
     if any(d < 0 for d in devices):
         raise argparse.ArgumentTypeError(f"device numbers cannot be negative, got {text!r}")
     return devices
+
+
+def device_for(gpus: tuple[int, ...] | None, local_rank: int, cuda_available: bool) -> torch.device:
+    """--gpus lists the CUDA devices of one machine's ranks in local-rank order, cycled when shorter, so that
+    `--gpus 0` puts every rank on GPU 0; without --gpus or without CUDA every rank uses the CPU."""
+    if gpus is None or not cuda_available:
+        return torch.device("cpu")
+    return torch.device(f"cuda:{gpus[local_rank % len(gpus)]}")
+
+
+def nccl_sharing_refusal(gpus: tuple[int, ...], local_ranks: range) -> str | None:
+    """nccl cannot put two ranks of a job on one GPU: the line that says so, before anything starts."""
+    shared = shared_device(gpus, local_ranks)
+    if shared is None:
+        return None
+    a, b, device = shared
+    return (f"--backend nccl cannot run two ranks on one GPU (ranks {a} and {b} on GPU {device}): give one "
+            f"device per rank, or share GPUs with --backend gloo")
+
+
+def shared_device(gpus: tuple[int, ...], local_ranks: range) -> tuple[int, int, int] | None:
+    """(rank a, rank b, device) for the first two of these local ranks that --gpus puts on one device."""
+    owner: dict[int, int] = {}
+    for rank in local_ranks:
+        device = gpus[rank % len(gpus)]
+        if device in owner:
+            return owner[device], rank, device
+        owner[device] = rank
+    return None
 
 
 @dataclass(frozen=True)

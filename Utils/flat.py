@@ -31,6 +31,12 @@ def model_size(model: nn.Module) -> int:
     return sum(t.numel() for t in shared_tensors(model))
 
 
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict on the CPU: saved like this, a model trained on a GPU loads on a machine without
+    one (torch.load(weights_only=True), no map_location)."""
+    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+
+
 def flatten_model(model: nn.Module) -> torch.Tensor:
     """A new float32 CPU tensor holding the model's shared tensors one after another."""
     return torch.cat([t.detach().reshape(-1).to("cpu", torch.float32) for t in shared_tensors(model)])

@@ -10,6 +10,7 @@ The estimate is a model of where a job's memory goes, calibrated on this project
   snapshots waiting for evaluation and, with the client merge, every client's last upload for the checkpoint;
   with --compress two more per rank (error feedback's residual or the server's replica, a decoded difference);
   the server's upload buffers, one per upload it receives at once (--receive_window).
+With --gpus, device memory is estimated per device (device_memory_bytes) and checked against what it has free.
 """
 from __future__ import annotations
 
@@ -85,6 +86,33 @@ def job_memory_bytes(shape: JobShape) -> int:
         + shape.corpus_tokens * TOKEN_BYTES_WHILE_LOADING
     return shared + shape.world_size * per_rank + shape.train_bytes + shape.test_bytes + shape.snapshot_bytes \
         + shape.merge_state_bytes + (shape.receive_buffers - 1) * shape.model_bytes
+
+
+CUDA_CONTEXT_BYTES = 600 * MB     # a process's CUDA context and allocator reserve on its device
+DEVICE_MODEL_COPIES = 6            # model, gradients, activations at the project's batch sizes, staged messages
+
+
+def device_memory_bytes(shape: JobShape, devices: list[int]) -> dict[int, int]:
+    """Estimated device memory per CUDA device, devices[r] being rank r's: each rank's context and model
+    copies, a client's shard (float32, staged once), and on the server's device the test set (staged once)
+    and the evaluator's copy of the model."""
+    per_device: dict[int, int] = {}
+    num_clients = shape.world_size - 1
+    for rank, device in enumerate(devices):
+        own = CUDA_CONTEXT_BYTES + DEVICE_MODEL_COPIES * shape.model_bytes
+        own += shape.test_bytes + shape.model_bytes if rank == 0 else shape.train_bytes // max(num_clients, 1)
+        per_device[device] = per_device.get(device, 0) + own
+    return per_device
+
+
+def device_memory_refusal(needed: dict[int, int], free: dict[int, int]) -> str | None:
+    """The one-line reason to refuse a job whose ranks would not fit a device's free memory, else None."""
+    for device, bytes_needed in sorted(needed.items()):
+        if bytes_needed > free.get(device, bytes_needed):
+            return (f"GPU {device} would need about {bytes_needed / 2**30:.1f} GB for its ranks but "
+                    f"{free[device] / 2**30:.1f} GB are free; spread the ranks over more devices (--gpus), use "
+                    f"fewer clients (--world_size) or --max_train_samples")
+    return None
 
 
 def memory_refusal(needed: int, available: int | None) -> str | None:

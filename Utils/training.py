@@ -5,6 +5,7 @@ Every random choice of a round (sample order, augmentation, dropout) comes from 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -87,6 +88,16 @@ class LocalTrainer:
         starts = torch.arange(0, self.tokens.size(0) - 1, BPTT)
         for i in starts[torch.randperm(len(starts), generator=generator)].tolist():
             yield get_bptt_batch(self.tokens, i)
+
+
+def stage_test_set(data: ImageData | TextData, device: torch.device) -> ImageData | TextData:
+    """The same data with its test split moved to `device` once (the evaluator's GPU), so that evaluating a
+    round copies nothing from the host; on the CPU the data itself."""
+    if device.type == "cpu":
+        return data
+    if isinstance(data, TextData):
+        return dataclasses.replace(data, test_tokens=data.test_tokens.to(device))
+    return dataclasses.replace(data, test_images=data.test_images.to(device), test_labels=data.test_labels.to(device))
 
 
 @torch.no_grad()

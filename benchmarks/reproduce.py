@@ -102,8 +102,10 @@ ROWS = (
 )
 
 
-def row_scale(row: Row, scale: str) -> Scale:
-    return {"quick": row.quick, "paper": PAPER, "smoke": SMOKE}[scale]
+def row_scale(row: Row, scale: str, rounds: int | None = None) -> Scale:
+    """The row's scale; `rounds` (--rounds) cuts it to a slice of that many rounds."""
+    chosen = {"quick": row.quick, "paper": PAPER, "smoke": SMOKE}[scale]
+    return chosen if rounds is None else Scale(chosen.train, chosen.test, chosen.epochs, rounds)
 
 
 def job_options(args, row: Row, scale: Scale, *, evaluate: bool, rounds: int | None = None) -> list[str]:
@@ -114,6 +116,8 @@ def job_options(args, row: Row, scale: Scale, *, evaluate: bool, rounds: int | N
         options += ["--max_train_samples", str(scale.train)]
     if scale.test and evaluate:
         options += ["--test_samples", str(scale.test)]
+    if args.gpus:
+        options += ["--gpus", args.gpus]
     return options + list(row.options) + ([] if evaluate else ["--eval_every", "0"])
 
 
@@ -136,10 +140,10 @@ class Matrix:
             {row.name: {**asdict(row), "scale": asdict(row_scale(row, args.scale))} for row in rows})
         self.save_manifest()
 
-    @staticmethod
-    def methods(row: Row, link: str) -> list[str]:
+    def methods(self, row: Row, link: str) -> list[str]:
         return [method for method in METHODS if (method != "official" or row.official)
-                and (method not in CALIBRATED_ONLY or link == "calibrated")]
+                and (method not in CALIBRATED_ONLY or link == "calibrated")
+                and (self.args.methods is None or method in self.args.methods)]
 
     def save_manifest(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -152,7 +156,7 @@ class Matrix:
         print(f"[{self.done}/{self.total} done, {elapsed / 60:.1f} min] {text}", flush=True)
 
     def run_row(self, row: Row) -> None:
-        scale = row_scale(row, self.args.scale)
+        scale = row_scale(row, self.args.scale, self.args.rounds)
         links = {}
         for link_name in self.args.links:
             links[link_name] = REALISTIC_LINK if link_name == "realistic" else self.calibrated_link(row, scale)
@@ -240,6 +244,9 @@ def main() -> None:
     add("--seed", type=int, default=2020)
     add("--job_timeout", type=float, default=7200.0, help="seconds before a job is declared hung")
     add("--report", default=None, help="the report to write at the end (default: WORK_DIR/RESULTS.md)")
+    add("--methods", nargs="+", choices=tuple(METHODS), default=None, help="methods to run (default: all)")
+    add("--rounds", type=int, default=None, help="a slice: this many rounds instead of the scale's")
+    add("--gpus", default=None, help="pass --gpus to every job (on a GPU machine: 0 puts every rank on GPU 0)")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
     args.work_dir = str(Path(args.work_dir or ROOT / "runs" / f"reproduce-{args.scale}").resolve())

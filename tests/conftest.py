@@ -8,7 +8,9 @@ import torch
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The raw datasets the tests import (as a user without network would); another folder of the same layout
+# with OVERLAP_FEDAVG_SOURCE_DATA (benchmarks/gpu_check.sh passes its SOURCE).
+SHARED_DATA = Path(os.environ.get("OVERLAP_FEDAVG_SOURCE_DATA", ROOT.parent / "shared" / "data"))
 
 
 def require_shared(subdir: str) -> Path:

@@ -34,6 +34,19 @@ def test_one_row_runs_resumes_and_is_reported(mnist_root, tmp_path):
     assert again.stdout.count("complete, skipped") == 4   # an interrupted matrix resumes where it stopped
 
 
+def test_a_slice_runs_the_methods_and_rounds_asked_for(mnist_root, tmp_path):
+    """--methods and --rounds: what benchmarks/gpu_check.sh runs at paper scale, here at smoke scale."""
+    work = tmp_path / "work"
+    done = subprocess.run([sys.executable, "benchmarks/reproduce.py", "--scale", "smoke", "--rows", "mnist-mlp",
+                           "--links", "calibrated", "--methods", "fedavg", "overlap", "--rounds", "1", "--data_dir",
+                           str(mnist_root), "--work_dir", str(work), "--report", str(tmp_path / "RESULTS.md")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=job_env())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    runs = json.loads((work / "manifest.json").read_text())["runs"]
+    assert set(runs) == {"mnist-mlp/calibrated/fedavg", "mnist-mlp/calibrated/overlap"}
+    assert all(json.loads((work / run / "summary.json").read_text())["rounds"] == 1 for run in runs)
+
+
 def test_targets_and_speed_ups():
     assert TARGET_LEVELS == (0.90, 0.98)
     assert row_targets({"metric": "accuracy", "best": 0.5}) == pytest.approx((0.45, 0.49))
