@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 import torch
 
 from Characters.faults import act_out, injected_fault
 from Utils import transport
 from Utils.aggregation import merged_start, merged_upload
+from Utils.checkpoint import read_client_state, write_client_state
 from Utils.compression import ErrorFeedback, decode, part_specs
 from Utils.config import RunConfig
 from Utils.training import LocalTrainer
@@ -51,6 +53,11 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
     # this client's own start), and G_r follows as an ordinary download, as it would have after round r's upload.
     start, first_round = transport.unpack_start(download(transport.download_size(model_numel)), model_numel)
     global_model = start   # the newest global model held (until a resumed run's download replaces it)
+    if cfg.compress != "none" and first_round > 0:   # a resumed compressed run: this client's own state
+        saved = read_client_state(Path(cfg.out_dir), rank, first_round - 1)
+        feedback.residual = saved["residual"]
+        if cfg.client_merge:
+            start = saved["start"]
     last_wait_s = last_comm_s = math.nan   # the previous exchange: trainer blocked, job duration
     deadline = transport.HangDeadline(cfg.timeout)
 
@@ -90,6 +97,8 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
                 start = merged_start(global_model, sent, cfg.merge_weight)
             if cfg.compress != "none":
                 sent = transport.pack_payload(feedback.compress(sent - global_model)[0])
+                write_client_state(Path(cfg.out_dir), rank, round_index,
+                                   {"residual": feedback.residual, **({"start": start} if cfg.client_merge else {})})
             upload = transport.pack_upload(sent, report)
             pending = comm.submit(lambda upload=upload, fault=fault: exchange(upload, fault))
             if not cfg.overlap:   # FedAvg: block on the exchange

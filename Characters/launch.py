@@ -315,9 +315,11 @@ def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
                      test_bytes=test * (8 if text else size.sample_numel),
                      corpus_tokens=size.train + size.test if text else 0,
                      snapshot_bytes=min(evaluations, max_pending_snapshots(model_bytes)) * model_bytes,
-                     merge_state_bytes=merge_state_copies(cfg.num_clients) * model_bytes if cfg.client_merge else 0,
+                     merge_state_bytes=merge_state_copies(cfg.num_clients) * model_bytes
+                     if cfg.client_merge and cfg.compress == "none" else 0,
                      compressed=cfg.compress != "none",
-                     receive_buffers=1 if cfg.client_merge else min(cfg.receive_window, cfg.num_clients),
+                     receive_buffers=1 if cfg.client_merge and cfg.compress == "none"
+                     else min(cfg.receive_window, cfg.num_clients),
                      forked=forked)
     needed, available = job_memory_bytes(shape), available_bytes()
     log.info("memory: about %.1f GB for the job's %d processes%s", needed / 2**30, cfg.world_size,

@@ -104,11 +104,15 @@ class _Server:
         self.specs = part_specs(cfg.compress, self.model_numel, cfg.topk_ratio)
         self.payload_words = transport.payload_words(self.specs)
         self.window = min(cfg.receive_window, cfg.num_clients)
-        # Reused round after round; the client merge instead keeps each upload in a new buffer (receive)
-        self.upload_buffers = [] if cfg.client_merge else [torch.empty(transport.upload_size(self.payload_words))
+        # The client merge keeps every client's last upload for --resume (compressed, the clients keep their own
+        # state instead); otherwise the upload buffers are reused round after round (receive).
+        self.keeps_uploads = cfg.client_merge and cfg.compress == "none"
+        self.upload_buffers = [] if self.keeps_uploads else [torch.empty(transport.upload_size(self.payload_words))
                                                            for _ in range(self.window)]
-        # --compress: the global model as the clients hold it (what the broadcasts have added up to)
+        # --compress: the global model as the clients hold it (what the broadcasts have added up to), and as they
+        # held it one broadcast before (what an Overlap client's next round trains from, for --resume)
         self.replica = self.update.current.clone() if cfg.compress != "none" else None
+        self.previous_replica = self.replica
         # The client merge: each client's next start depends on its last upload and the global model that upload
         # was built on, so a checkpoint keeps both (N + 1 models), to send every client its start on --resume.
         self.merge_base: torch.Tensor | None = None
@@ -125,8 +129,10 @@ class _Server:
         self.first_round = 1
         if resumed is not None:
             self.update.load_state_dict(resumed["update"])
-            if cfg.client_merge:
+            if self.keeps_uploads:
                 self.merge_base, self.last_uploads = resumed["merge_base"], list(resumed["last_uploads"])
+            if cfg.compress != "none":
+                self.replica, self.previous_replica = resumed["replica"], resumed["previous_replica"]
             self.first_round = resumed["round"] + 1
             if self.evaluator is not None:
                 best = best_row(resumed["rows"], self.metric)
@@ -137,16 +143,29 @@ class _Server:
         then G_r; with the client merge each client's own start, then G_r), so that the pipeline continues
         exactly."""
         first = self.first_round - 1
-        if self.cfg.client_merge and first > 0:
+        if self.replica is not None and first > 0:   # --compress: what the clients held (their own state is theirs)
+            self.send_compressed_start(first)
+        elif self.cfg.client_merge and first > 0:
             for client, upload in zip(self.clients, self.last_uploads, strict=True):
                 start = merged_start(self.merge_base, upload, self.cfg.merge_weight)
                 transport.send_to_all(transport.pack_start(start, first), [client])
         else:
             start = self.update.upload_start if self.cfg.overlap and first > 0 else self.update.current
             transport.send_to_all(transport.pack_start(start, first), self.clients)
-        if self.cfg.overlap and first > 0:
+        if self.cfg.overlap and first > 0 and self.replica is None:
             transport.send_to_all(transport.pack_download(self.update.current, stop=False), self.clients)
         self.last_sent = time.perf_counter()
+
+    def send_compressed_start(self, first: int) -> None:
+        """Resuming a compressed run: FedAvg's clients train from the replica B_r; Overlap's from B_{r-1} (or,
+        merging, from their own saved start), then receive broadcast r again (G_r - B_{r-1}, encoded as it
+        was), which brings them to B_r. Each client reads its residual from its state file."""
+        if not self.cfg.overlap:
+            transport.send_to_all(transport.pack_start(self.replica, first), self.clients)
+            return
+        transport.send_to_all(transport.pack_start(self.previous_replica, first), self.clients)
+        parts = encode(self.update.current - self.previous_replica, self.cfg.compress, self.cfg.topk_ratio)
+        transport.send_to_all(transport.pack_download(transport.pack_payload(parts), stop=False), self.clients)
 
     def restore_unwritten(self) -> list[_Unwritten]:
         """A resumed run's rows that were not written yet: their evaluations start again from the saved
@@ -163,7 +182,9 @@ class _Server:
         """checkpoint.pt after this round: the server update, the rows, and the rows still waiting with the
         models they wait to evaluate (Utils/checkpoint.py)."""
         pending = [{"row": entry.row, "model": entry.model if entry.evaluated else None} for entry in unwritten]
-        merge = {"merge_base": self.merge_base, "last_uploads": self.last_uploads} if self.cfg.client_merge else {}
+        merge = {"merge_base": self.merge_base, "last_uploads": self.last_uploads} if self.keeps_uploads else {}
+        if self.replica is not None:   # the clients' merge state is in their own files then (client_state)
+            merge = {"replica": self.replica, "previous_replica": self.previous_replica}
         self.checkpoints.submit({"round": round_index, "update": self.update.state_dict(),
                                  "rows": list(self.writer.rows), "pending": pending, "startup_s": self.startup_s,
                                  "options": self.checkpoint_options, **merge})
@@ -190,7 +211,7 @@ class _Server:
             if unwritten:   # these uploads carry the communication figures of the last round
                 unwritten[-1].reports, unwritten[-1].reports_in = reports, True
             if diverged is None:
-                if self.cfg.client_merge:   # the model these uploads were built on (replaced, never modified)
+                if self.keeps_uploads:   # the model these uploads were built on (replaced, never modified)
                     self.merge_base = self.update.current.clone()
                 self.update.apply(moments)
                 if not torch.isfinite(self.update.current).all():
@@ -258,7 +279,7 @@ class _Server:
 
         def post(index: int) -> None:
             # The client merge keeps every upload for the checkpoint: each in a buffer of its own.
-            buffer = torch.empty(transport.upload_size(self.payload_words)) if self.cfg.client_merge else free.pop()
+            buffer = torch.empty(transport.upload_size(self.payload_words)) if self.keeps_uploads else free.pop()
             in_flight.append(transport.post_recv(buffer, self.clients[index]))
 
         for index in range(self.window):
@@ -272,18 +293,18 @@ class _Server:
             if self.cfg.compress != "none":
                 local = self.update.current + decode(transport.unpack_payload(local, self.specs), self.cfg.compress,
                                                      self.model_numel)
-            if self.cfg.client_merge:
+            if self.keeps_uploads:
                 uploads.append(local)
             if diverged is None and not (math.isfinite(report.train_loss) and torch.isfinite(local).all()):
                 diverged = (f"client {client}'s model is not finite (its training loss: {report.train_loss:.4g}); "
                             f"the run diverged: try a smaller --lr")
             moments.add(local, weight)
             reports.append(report)
-            if not self.cfg.client_merge:
+            if not self.keeps_uploads:
                 free.append(buffer)   # added up: the next receive may fill it
             if index + self.window < len(self.clients):
                 post(index + self.window)
-        if self.cfg.client_merge:
+        if self.keeps_uploads:
             self.last_uploads = uploads
         self.waited_for = waited_for(self.clients, waits)
         return moments, reports, diverged
@@ -312,6 +333,7 @@ class _Server:
         if self.replica is None:
             return self.update.current
         parts = encode(self.update.current - self.replica, self.cfg.compress, self.cfg.topk_ratio)
+        self.previous_replica = self.replica
         self.replica = self.replica + decode(parts, self.cfg.compress, self.model_numel)
         return transport.pack_payload(parts)
 

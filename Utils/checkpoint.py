@@ -6,7 +6,9 @@ was taken after, the metrics rows up to that round, the start-up time, and the o
 result, to refuse a checkpoint of another run; with the client merge also every client's last upload and the
 global model it was built on ("last_uploads", "merge_base"), from which each client's next start follows.
 Clients need nothing saved: every random choice of a round derives from (seed, rank, round, epoch), and the
-server sends them the models they train from.
+server sends them the models they train from. Except with --compress: then the server keeps what the clients
+hold ("replica", "previous_replica"), and each client writes its own error-feedback residual (and, merging,
+its next start) after every upload, in RUN_DIR/client-state (write_client_state).
 
 It is written atomically (a temporary file, flushed to disk, then renamed over the previous one), so a
 crash at any moment leaves the last complete checkpoint, and it loads with torch.load(weights_only=True):
@@ -119,6 +121,36 @@ def read_checkpoint(run_dir: Path, config: dict) -> dict:
         raise CheckpointError(f"{path} belongs to another run: {', '.join(differing[:5])} differ from "
                               f"{run_dir / 'config.json'}")
     return state
+
+
+CLIENT_STATE_DIR = "client-state"
+CLIENT_STATES_KEPT = 5   # a client may be a few rounds ahead of the server's last checkpoint on disk
+
+
+def write_client_state(run_dir: Path, rank: int, round_index: int, state: dict) -> None:
+    """A client's own state after its upload of round `round_index` (0-based), atomically; the states of older
+    rounds than the last CLIENT_STATES_KEPT are removed."""
+    folder = run_dir / CLIENT_STATE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rank{rank}-round{round_index}.pt"
+    staging = path.with_name(path.name + ".tmp")
+    with staging.open("wb") as f:
+        torch.save({"format": FORMAT, "round": round_index, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    staging.replace(path)
+    stale = folder / f"rank{rank}-round{round_index - CLIENT_STATES_KEPT}.pt"
+    stale.unlink(missing_ok=True)
+
+
+def read_client_state(run_dir: Path, rank: int, round_index: int) -> dict:
+    """The state write_client_state saved after round `round_index`; CheckpointError when it is not there."""
+    path = run_dir / CLIENT_STATE_DIR / f"rank{rank}-round{round_index}.pt"
+    if not path.is_file():
+        raise CheckpointError(f"client {rank} has no saved state for round {round_index + 1} in {path.parent}: a "
+                              f"compressed run resumes with its clients' error-feedback state, which they write "
+                              f"in the run directory (on several machines give every rank the same --out_dir)")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def checkpoint_options(config: dict) -> dict:

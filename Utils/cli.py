@@ -132,10 +132,6 @@ def _resumed_config(parser: argparse.ArgumentParser, args: argparse.Namespace, a
         if saved.get("script") != args.script:
             parser.error(f"--resume {run_dir}: that run was made by {saved.get('script')}.py; resume it with "
                          f"that script")
-        if saved.get("compress", "none") != "none":
-            parser.error(f"--resume {run_dir}: the run sends --compress {saved['compress']} messages, and resuming "
-                         f"those is not supported yet (the clients' error-feedback residuals are not saved); "
-                         f"start it again")
         given = _given_options(parser, argv)
         changed = [name for name, value in given.items()
                    if name not in RESUMABLE_CHANGES and name in saved and _as_saved(value) != saved[name]]

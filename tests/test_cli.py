@@ -1,5 +1,4 @@
 """Bad command lines stop at the parser: exit status 2 and one line naming what was wrong."""
-import json
 import runpy
 import sys
 from dataclasses import asdict
@@ -167,13 +166,6 @@ def test_resuming_a_directory_whose_config_is_not_a_runs_says_so(content, tmp_pa
                                                  f"this project; give a run directory that FedAvg.py wrote")
     assert "None.py" not in err
 
-
-def test_resuming_a_compressed_run_is_refused_in_one_line(tmp_path, capsys):
-    config = {**FEDAVG_DEFAULTS, "compress": "int8", "out_dir": str(tmp_path)}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    status, _, err = run_entry(["FedAvg.py", "--resume", str(tmp_path)], capsys)
-    assert status == 2
-    assert "sends --compress int8 messages, and resuming those is not supported yet" in err.strip().splitlines()[-1]
 
 
 def test_per_client_options_give_each_client_its_value():

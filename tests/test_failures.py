@@ -233,3 +233,28 @@ def test_a_client_with_other_options_is_refused_before_any_model_is_sent(mnist_r
     assert "client 2 runs with other options or another model than the server" in last, outputs[0][1][-2000:]
     assert "Traceback" not in outputs[0][1]
     assert wait_until_gone(env_base["OVERLAP_FEDAVG_TEST_TAG"]) == []
+
+
+# Compressed runs carry state on both sides: the server's replica of what the clients hold, and each client's
+# error-feedback residual (merging, also its start) in the run directory's client-state files.
+COMPRESSED = {"fedavg-int8": ("FedAvg.py", ["--compress", "int8"], "1:3:kill"),
+              "merge-topk-server": ("AsyncFedAvg.py", ["--compress", "topk", "--topk_ratio", "0.1", "--merge_weight",
+                                                       "0.5", "--mom", "0.5"], "0:3:kill"),
+              "secant-fp16-client": ("AsyncFedAvg.py", ["--compress", "fp16", "--compensation", "secant"],
+                                     "2:3:kill-download")}
+
+
+@pytest.mark.parametrize("case", sorted(COMPRESSED))
+def test_a_compressed_run_resumes_to_the_uninterrupted_metrics(case, mnist_root, tmp_path):
+    script, options, fault = COMPRESSED[case]
+    plain = run_job(script, *FAULT_OPTIONS, *options, out_dir=tmp_path / "plain", data_dir=mnist_root)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    run = tmp_path / "run"
+    failed = run_job(script, *FAULT_OPTIONS, *options, out_dir=run, data_dir=mnist_root,
+                     env=job_env(OVERLAP_FEDAVG_FAULT=fault), timeout=120)
+    assert failed.returncode == 1 and 1 <= len(read_metrics(run)) < 4
+    resumed = run_job(script, "--resume", str(run), "--master_port", "0", out_dir=run, data_dir=mnist_root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert strip(read_metrics(run)) == strip(read_metrics(tmp_path / "plain"))
+    assert len(list((run / "client-state").glob("rank1-*.pt"))) <= 5
