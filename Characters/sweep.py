@@ -19,6 +19,11 @@ from Utils.run_log import higher_is_better
 log = logging.getLogger(__name__)
 
 
+def prune_reason(metric: str) -> str:
+    """Why an early-stopped trial was pruned: its metric on the wrong side of the bar (perplexity: above)."""
+    return f"{metric} {'below' if higher_is_better(metric) else 'above'} the --optuna_early_stop bar"
+
+
 def _run_dir(base: RunConfig, tag: str) -> str | None:
     """Grid members go below --out_dir when it is given, else each gets its own runs/ folder."""
     return str(Path(base.out_dir) / tag) if base.out_dir else None
@@ -90,8 +95,7 @@ def run_optuna(base: RunConfig, search: SearchConfig) -> None:
             log.warning("optuna: trial %d (%s) failed with exit %d", trial.number, shown, status)
         elif summary["stopped_early"]:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            log.info("optuna: trial %d (%s) pruned: %s below the --optuna_early_stop bar", trial.number, shown,
-                     metric)
+            log.info("optuna: trial %d (%s) pruned: %s", trial.number, shown, prune_reason(metric))
         else:
             value = summary["final"]
             study.tell(trial, value if math.isfinite(value) else (-math.inf if direction == "maximize" else math.inf))

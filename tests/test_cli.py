@@ -180,3 +180,9 @@ def test_per_client_options_give_each_client_its_value():
     assert [again.client_slowdown(k) for k in range(1, 5)] == slowdowns   # seeded: every rank derives the same
     other_seed = run_config(parser, parser.parse_args(["--slowdown", "lognormal:2:0.5", "--seed", "7"]))
     assert [other_seed.client_slowdown(k) for k in range(1, 5)] != slowdowns
+
+
+def test_the_prune_line_says_which_side_of_the_bar():
+    from Characters.sweep import prune_reason
+    assert prune_reason("accuracy") == "accuracy below the --optuna_early_stop bar"
+    assert prune_reason("perplexity") == "perplexity above the --optuna_early_stop bar"
