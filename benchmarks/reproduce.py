@@ -16,6 +16,9 @@ the server-side secant compensation (--compensation secant: the previous default
 - realistic: 20 Mbit/s and 30 ms per message, a typical LTE uplink. The emulated link is symmetric, so
   downloads are as slow as uploads, as on a client whose uplink and downlink are both that fast.
 
+On the 20 Mbit/s link the rows bound by communication (VGG, ResNet, both Transformers) also run FedAvg.py
+and AsyncFedAvg.py with compressed messages: --compress int8, and --compress topk --topk_ratio 0.05.
+
 The Transformer rows train with --lr 1 (at 0.01 they learn nothing within the quick scale's rounds).
 The MNIST rows also run AsyncFedAvg.py with the official server settings (--compensation official
 --mom 0.9 --lambd 0.04 --server_lr 1). Each run keeps its run directory (metrics.csv, summary.json, ...)
@@ -49,10 +52,17 @@ REALISTIC_LINK = Link(20.0, 30.0)
 CALIBRATION_LATENCY_MS = 10.0
 OFFICIAL_OPTIONS = ["--compensation", "official", "--mom", "0.9", "--lambd", "0.04", "--server_lr", "1"]
 SECANT_OPTIONS = ["--compensation", "secant", "--mom", "0", "--server_lr", "1"]
+# Compression's rows: top-k keeps 5 % of the numbers (10 % of the float32 bytes), which brings the largest
+# models' communication on the 20 Mbit/s link below one round of their training (docs/network.md).
+INT8_OPTIONS, TOPK_OPTIONS = ["--compress", "int8"], ["--compress", "topk", "--topk_ratio", "0.05"]
 METHODS = {"fedavg": ("FedAvg.py", []), "overlap": ("AsyncFedAvg.py", []),
-           "secant": ("AsyncFedAvg.py", SECANT_OPTIONS), "official": ("AsyncFedAvg.py", OFFICIAL_OPTIONS)}
+           "secant": ("AsyncFedAvg.py", SECANT_OPTIONS), "official": ("AsyncFedAvg.py", OFFICIAL_OPTIONS),
+           "fedavg-int8": ("FedAvg.py", INT8_OPTIONS), "overlap-int8": ("AsyncFedAvg.py", INT8_OPTIONS),
+           "fedavg-topk": ("FedAvg.py", TOPK_OPTIONS), "overlap-topk": ("AsyncFedAvg.py", TOPK_OPTIONS)}
 # The secant form is a comparison, judged where the method is meant to win: the calibrated link only.
 CALIBRATED_ONLY = frozenset({"secant"})
+# Compression is for the models bound by communication: the 20 Mbit/s link, rows marked compressed.
+COMPRESSED_METHODS = frozenset({"fedavg-int8", "overlap-int8", "fedavg-topk", "overlap-topk"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,7 @@ class Row:
     official: bool = False    # also run the official server settings
     optional: bool = False    # run only when the data is prepared (not in ../shared/data)
     options: tuple[str, ...] = ()   # the row's own client settings, for both methods
+    compressed: bool = False  # also run FedAvg and Overlap-FedAvg with int8 and top-k on the 20 Mbit/s link
 
     @property
     def name(self) -> str:
@@ -93,10 +104,10 @@ ROWS = (
     Row("mnist", "mnistnet", Scale(6000, 2000, 1, 10), official=True),
     Row("fmnist", "mnistnet", Scale(6000, 2000, 1, 10)),
     Row("cifar10", "cnncifar", Scale(10000, 2000, 1, 10)),
-    Row("cifar10", "vgg", Scale(4000, 1000, 1, 8)),
-    Row("cifar10", "resnet", Scale(1000, 500, 1, 6)),
-    Row("wikitext2", "transformer", Scale(24000, 10000, 1, 6), options=TRANSFORMER_LR),
-    Row("ptb", "transformer", Scale(24000, 10000, 1, 6), options=TRANSFORMER_LR),
+    Row("cifar10", "vgg", Scale(4000, 1000, 1, 8), compressed=True),
+    Row("cifar10", "resnet", Scale(1000, 500, 1, 6), compressed=True),
+    Row("wikitext2", "transformer", Scale(24000, 10000, 1, 6), options=TRANSFORMER_LR, compressed=True),
+    Row("ptb", "transformer", Scale(24000, 10000, 1, 6), options=TRANSFORMER_LR, compressed=True),
     Row("emnist", "mnistnet", Scale(6000, 2000, 1, 10), optional=True),
     Row("cifar100", "cnncifar", Scale(10000, 2000, 1, 10), optional=True),
 )
@@ -143,6 +154,7 @@ class Matrix:
     def methods(self, row: Row, link: str) -> list[str]:
         return [method for method in METHODS if (method != "official" or row.official)
                 and (method not in CALIBRATED_ONLY or link == "calibrated")
+                and (method not in COMPRESSED_METHODS or (row.compressed and link == "realistic"))
                 and (self.args.methods is None or method in self.args.methods)]
 
     def save_manifest(self) -> None:

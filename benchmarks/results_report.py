@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -31,9 +32,17 @@ TARGET_LEVELS = (0.90, 0.98)   # of FedAvg's best accuracy (perplexity: 2 - leve
 # What a model that learned nothing scores: accuracy 1 / classes; perplexity the vocabulary size (uniform).
 CHANCE = {"mnist": 0.1, "fmnist": 0.1, "emnist": 1 / 47, "cifar10": 0.1, "cifar100": 0.01,
           "wikitext2": 33278.0, "ptb": 10000.0}
-METHOD_COLOURS = {"fedavg": "C0", "overlap": "C1", "secant": "C3", "official": "C2"}
+METHOD_COLOURS = {"fedavg": "C0", "overlap": "C1", "secant": "C3", "official": "C2", "fedavg-int8": "C4",
+                  "overlap-int8": "C5", "fedavg-topk": "C6", "overlap-topk": "C7"}
 METHOD_NAMES = {"fedavg": "FedAvg", "overlap": "Overlap-FedAvg", "secant": "Overlap, server-side secant",
-                "official": "Overlap, official settings"}
+                "official": "Overlap, official settings", "fedavg-int8": "FedAvg, int8",
+                "overlap-int8": "Overlap-FedAvg, int8", "fedavg-topk": "FedAvg, top-k 5 %",
+                "overlap-topk": "Overlap-FedAvg, top-k 5 %"}
+# compressed method -> the same method uncompressed, and the compression targets (issue text in the report)
+COMPRESSED = {"fedavg-int8": "fedavg", "overlap-int8": "overlap", "fedavg-topk": "fedavg", "overlap-topk": "overlap"}
+ROUND_OVER_BOUND = 1.15      # Overlap compressed: round <= 1.15 x max(training, compressed communication)
+TIME_OVER_FEDAVG = 0.35      # Overlap compressed: time to 98 % <= 0.35 x uncompressed FedAvg's
+ACCURACY_GAP, PERPLEXITY_GAP = 0.01, 0.03   # per round, against the same method uncompressed
 DEFAULTS_TEXT = "`--compensation local --merge_weight 1 --mom 0 --server_lr 1`: the client merge"
 LINK_NAMES = {"calibrated": "calibrated", "realistic": "20 Mbit/s, 30 ms"}
 
@@ -122,18 +131,24 @@ class Report:
         self.headline()
         for name, row in manifest["rows"].items():
             self.row_section(name, row)
+        self.compression_section()
         add(CAVEATS)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text("\n".join(self.lines) + "\n")
 
-    @staticmethod
-    def how_to_read() -> str:
+    def how_to_read(self) -> str:
+        links = self.links()
+        described = {
+            "calibrated": "- **calibrated**: one upload + one download take as long as one round's training of that "
+                          "model, measured by a pilot FedAvg job in the same run. The regime the method is for: "
+                          "Overlap-FedAvg can at best halve the round.\n",
+            "realistic": "- **20 Mbit/s, 30 ms** per message, a typical LTE uplink, the same for downloads.\n"}
+        count = {1: "One client link", 2: "Two client links"}[len(links)]
+        missing = "" if len(links) == 2 else (
+            f"\nThis pass ran the {LINK_NAMES[links[0]]} link only (`--links {links[0]}`).\n")
         return (
-            "Two client links per row, both emulated (`--bandwidth`, `--latency`; every client has its own):\n\n"
-            "- **calibrated**: one upload + one download take as long as one round's training of that model, "
-            "measured by a pilot FedAvg job in the same run. The regime the method is for: Overlap-FedAvg can "
-            "at best halve the round.\n"
-            "- **20 Mbit/s, 30 ms** per message, a typical LTE uplink, the same for downloads.\n\n"
+            f"{count} per row, emulated (`--bandwidth`, `--latency`; every client has its own):\n\n"
+            + "".join(described[link] for link in links) + missing + "\n"
             "**Targets** are relative to the level FedAvg reaches on the row: 90 % and 98 % of its best "
             "accuracy (perplexity: 1.10 and 1.02 times its best). The first says how soon a method makes most "
             "of the progress, the second whether it gets where FedAvg gets. **Time to target** counts training "
@@ -154,7 +169,7 @@ class Report:
             "did not reach it in the rounds run).\n")
         header = [f"{LINK_NAMES[link]}, to {100 * level:g} %" for link in links for level in TARGET_LEVELS]
         add("| row | " + " | ".join(header) + " | final, FedAvg / Overlap | secant, calibrated, to 98 % |")
-        add("|---|" + "---|" * len(header) + "---|")
+        add("|---|" + "---|" * (len(header) + 2))
         for name in self.manifest["rows"]:
             targets = self.targets(name)
             if targets is None:
@@ -173,6 +188,51 @@ class Report:
             add(f"| {name}{flag} | " + " | ".join(cells) + f" | {' / '.join(finals)} | {secant_cell} |")
         add("")
         return lines
+
+    def compression_section(self) -> None:
+        """The compressed runs on the 20 Mbit/s link against the same methods uncompressed, with the targets."""
+        rows = [name for name in self.manifest["rows"]
+                if any(self.summary(name, "realistic", method) for method in COMPRESSED)]
+        if not rows:
+            return
+        add = self.lines.append
+        add("## Compression on the 20 Mbit/s link\n")
+        add(f"Targets for Overlap-FedAvg with compression: its round at most {ROUND_OVER_BOUND}x max(training, "
+            f"its compressed communication); its time to 98 % of uncompressed FedAvg's level at most "
+            f"{TIME_OVER_FEDAVG}x uncompressed FedAvg's; its metric at every round within {100 * ACCURACY_GAP:g} "
+            f"point of the same method uncompressed (perplexity within {100 * PERPLEXITY_GAP:g} %).\n")
+        add("| row | method | mean round | max(train, comm) | round / bound | to 98 % (x uncompressed FedAvg) "
+            "| worst gap per round vs uncompressed | final |")
+        add("|---|---|---|---|---|---|---|---|")
+        for name in rows:
+            targets = self.targets(name)
+            fedavg_time = self.time_to(name, "realistic", "fedavg", targets[-1]) if targets else None
+            for method, plain in COMPRESSED.items():
+                summary = self.summary(name, "realistic", method)
+                if summary is None:
+                    continue
+                bound = max(summary["mean_train_s"] or 0.0, summary["mean_comm_s"] or 0.0)
+                own = self.time_to(name, "realistic", method, targets[-1]) if targets else None
+                gap = self.worst_gap(name, method, plain, summary["metric"])
+                flag = " (FedAvg learned nothing)" if self.learned_nothing(name) else ""
+                add(f"| {name}{flag} | {METHOD_NAMES[method]} | {summary['mean_round_s']:.2f} s | {bound:.2f} s | "
+                    f"{summary['mean_round_s'] / bound:.2f}x | "
+                    f"{seconds(own)} ({'n/a' if own is None or not fedavg_time else f'{own / fedavg_time:.2f}x'}) | "
+                    f"{gap} | {final_text(summary)} |")
+        add("")
+
+    def worst_gap(self, name: str, method: str, plain: str, metric: str) -> str:
+        """The largest per-round shortfall of `method` against `plain` (points of accuracy, or % of perplexity)."""
+        ours, theirs = self.run_dir(name, "realistic", method), self.run_dir(name, "realistic", plain)
+        if ours is None or theirs is None:
+            return "n/a"
+        pairs = [(a[metric], b[metric]) for a, b in zip(_metrics(ours), _metrics(theirs), strict=False)
+                 if math.isfinite(a.get(metric, math.nan)) and math.isfinite(b.get(metric, math.nan))]
+        if not pairs:
+            return "n/a"
+        if metric == "accuracy":
+            return f"{100 * max(b - a for a, b in pairs):+.2f} points"
+        return f"{100 * max(a / b - 1 for a, b in pairs):+.1f} %"
 
     def learned_nothing(self, name: str) -> bool:
         fedavg = self.summary(name, self.links()[0], "fedavg")

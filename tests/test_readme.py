@@ -1,0 +1,44 @@
+"""The README's example output is the code's: its tiny run line by line and the main job's final line, rerun."""
+import re
+
+import pytest
+from conftest import ROOT
+from helpers_e2e import run_job
+
+pytestmark = pytest.mark.slow
+README = (ROOT / "README.md").read_text()
+# The figures of a log line that depend on the seed, not on timing or paths.
+FIGURES = re.compile(r"(accuracy \d\.\d{4}|test_loss \d\.\d{4}|train_loss \d\.\d{4}|\(round \d+\)|"
+                     r"\d[\d,]* samples each|[\d,]+ parameters|done: \d+ rounds)")
+
+
+def readme_block(after: str) -> list[str]:
+    """The lines of the first code block after the text `after`."""
+    start = README.index("```", README.index(after))
+    return README[README.index("\n", start) + 1:README.index("```", start + 3)].strip().splitlines()
+
+
+def figures(lines: list[str]) -> list[str]:
+    return [f for line in lines for f in FIGURES.findall(line)]
+
+
+def test_the_tiny_run_prints_what_the_readme_shows(mnist_root, tmp_path):
+    command = README[README.index("A tiny run, `") + len("A tiny run, `"):]
+    command = command[:command.index("`")].replace("\n", " ").split()
+    assert command[:2] == ["python", "AsyncFedAvg.py"]
+    options = [a for a in command[2:] if a != "/tmp/readme-run"]
+    options.remove("--out_dir")
+    done = run_job("AsyncFedAvg.py", *options, out_dir=tmp_path / "run", data_dir=mnist_root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = readme_block("A tiny run")
+    assert figures(done.stderr.splitlines()) == figures(shown) and figures(shown)
+
+
+def test_the_main_job_ends_with_the_readme_figures(mnist_root, tmp_path):
+    shown = readme_block("and ends with")
+    assert len(shown) == 1 and "done: 10 rounds" in shown[0]
+    done = run_job("AsyncFedAvg.py", "--model", "mlp", "--master_port", "0", out_dir=tmp_path / "run",
+                   data_dir=mnist_root, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = [line for line in done.stderr.splitlines() if "done: " in line]
+    assert figures(last) == figures(shown)
