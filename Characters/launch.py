@@ -293,7 +293,7 @@ def _check_partition(cfg: RunConfig, size: DatasetSize) -> None:
                              cfg.seed, alpha=cfg.alpha)
         else:
             data = limit_training_set(load_dataset(cfg.dataset, cfg.data_dir), cfg.max_train_samples, cfg.seed)
-            client_shards(data, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
+            client_shards(data, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha, cfg.shards_per_client)
     except ValueError as error:
         raise LaunchError(f"--partition {cfg.partition}: {error}; use fewer clients (--world_size) or more "
                           f"training data (--max_train_samples)") from error

@@ -61,7 +61,7 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
         shape = {} if text else {"in_channels": data.in_channels, "image_size": data.image_size}
         torch.manual_seed(cfg.seed)   # G_0 is the seeded initial model; clients receive it from the server
         model = build_model(cfg.model, num_classes, **shape).to(device)
-        shards = client_shards(data, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
+        shards = client_shards(data, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha, cfg.shards_per_client)
         fingerprint = job_fingerprint(cfg, model_size(model))
         if rank == transport.SERVER_RANK:
             transport.check_clients(fingerprint, list(range(1, cfg.world_size)), cfg.timeout)

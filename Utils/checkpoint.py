@@ -168,7 +168,7 @@ def _with_added_options(saved: dict | None, expected: dict) -> dict | None:
 
 # Options added to RunConfig after checkpoints of FORMAT 1 were first written, with defaults that keep the
 # older runs' numbers.
-_LATER_OPTIONS = frozenset({"merge_weight", "compress", "topk_ratio"})
+_LATER_OPTIONS = frozenset({"merge_weight", "compress", "topk_ratio", "shards_per_client"})
 
 
 def _comparable(options: dict) -> dict:

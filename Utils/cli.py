@@ -183,6 +183,8 @@ def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         check_model_fits(args.model, text=text, in_channels=channels, image_size=size)
     except ValueError as error:
         parser.error(f"--model {args.model} with --dataset {args.dataset}: {error}")
+    if text and args.partition == "pathological":
+        parser.error("--partition pathological splits by label, and text has none: use iid, noniid or dirichlet")
     if args.backend == "nccl" and args.gpus is None:
         parser.error("--backend nccl needs --gpus (one CUDA device per rank)")
     if args.backend == "nccl" and "RANK" not in os.environ:   # the launcher's ranks: all on this machine

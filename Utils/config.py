@@ -208,9 +208,12 @@ class RunConfig:
     lr: float = option(0.01, "client learning rate", type=positive_float, grid=(ASYNC,))
     seed: int = option(2020, "seeds the model, partitions and every client's RNG", type=seed_value)
     partition: str = option("noniid",
-        "how the training set is split across clients (noniid: the official label shards)",
+        "how the training set is split across clients (noniid: the official label shards; pathological: "
+        "McMahan's, --shards_per_client equal label-sorted shards each; images only)",
         choices=PARTITION_SCHEMES)
     alpha: float = option(0.5, "Dirichlet concentration for --partition dirichlet", type=positive_float)
+    shards_per_client: int = option(2,
+        "--partition pathological (McMahan et al. 2017): label-sorted shards per client", type=positive_int)
     data_dir: str = option("./data", "data root (torchvision layout; see prepare_data.py)")
     out_dir: str | None = option(None, "run directory (default: runs/<script>-<dataset>-<model>-<time>)")
     gpus: tuple[int, ...] | None = option(None,

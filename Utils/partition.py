@@ -1,5 +1,5 @@
-"""Split a training set among N clients: iid, the official non-IID shards, or Dirichlet label skew;
-client_shards and limit_training_set apply them to a loaded data set.
+"""Split a training set among N clients: iid, the official non-IID shards, McMahan's pathological shards,
+or Dirichlet label skew; client_shards and limit_training_set apply them to a loaded data set.
 
 Every function is a pure function of its arguments: it draws from its own generator seeded with
 `seed` and never touches the global numpy, torch or `random` state (README, "Determinism"; docs/decisions.md item 11).
@@ -13,14 +13,15 @@ import torch
 
 from Utils.text import TextData
 
-PARTITION_SCHEMES = ("iid", "noniid", "dirichlet")
+PARTITION_SCHEMES = ("iid", "noniid", "pathological", "dirichlet")
+TEXT_SCHEMES = ("iid", "noniid", "dirichlet")   # pathological needs labels
 SHARD_SIZE = 100  # samples per shard of the official non-IID scheme (600 shards for MNIST)
 _SEED_LIMIT = 2**32  # numpy's RandomState accepts seeds in [0, 2**32)
 
 
-def _check_scheme(scheme: str) -> None:
-    if scheme not in PARTITION_SCHEMES:
-        raise ValueError(f"unknown partition scheme {scheme!r}; valid: {', '.join(PARTITION_SCHEMES)}")
+def _check_scheme(scheme: str, valid: tuple[str, ...] = PARTITION_SCHEMES) -> None:
+    if scheme not in valid:
+        raise ValueError(f"unknown partition scheme {scheme!r}; valid: {', '.join(valid)}")
 
 
 def _check_seed(seed: int) -> None:
@@ -119,6 +120,34 @@ def noniid_shard_partition(
     return parts
 
 
+def pathological_partition(labels, num_clients: int, seed: int, shards_per_client: int = 2) -> list[np.ndarray]:
+    """McMahan et al. 2017's pathological non-IID split: sort by label, cut into num_clients x
+    shards_per_client shards of equal size, and give each client shards_per_client of them at random (MNIST,
+    100 clients, 2 shards: 200 shards of 300 samples, most clients with two labels).
+
+    Samples are sorted stably by label; a client's shards are consecutive entries of one seeded permutation
+    of the shards. The remainder of fewer than num_shards samples at the end of the sorted order goes to the
+    owner of the last shard (same label as its tail), so every sample is used.
+    """
+    labels = _as_label_array(labels)
+    if shards_per_client < 1:
+        raise ValueError(f"shards_per_client must be at least 1, got {shards_per_client}")
+    _check_seed(seed)
+    num_shards = num_clients * shards_per_client
+    _check_clients(num_shards, len(labels), f"samples ({num_clients} clients x {shards_per_client} shards)")
+    sorted_idx = np.argsort(labels, kind="stable").astype(np.int64)
+    size = len(labels) // num_shards
+    order = np.random.default_rng(seed).permutation(num_shards)
+    parts = []
+    for client in range(num_clients):
+        shards = np.sort(order[client * shards_per_client:(client + 1) * shards_per_client])
+        pieces = [sorted_idx[s * size:(s + 1) * size] for s in shards]
+        if shards[-1] == num_shards - 1:
+            pieces.append(sorted_idx[num_shards * size:])
+        parts.append(np.concatenate(pieces))
+    return parts
+
+
 def _split_by_proportions(total: int, proportions: np.ndarray) -> np.ndarray:
     """Integer sizes summing to total, cut at the rounded-down cumulative proportions."""
     cuts = (np.cumsum(proportions)[:-1] * total).astype(np.int64)
@@ -152,12 +181,11 @@ def dirichlet_partition(labels, num_clients: int, seed: int, alpha: float) -> li
 
 
 def partition_samples(
-    labels, num_clients: int, scheme: str, seed: int, alpha: float = 0.5
+    labels, num_clients: int, scheme: str, seed: int, alpha: float = 0.5, shards_per_client: int = 2
 ) -> list[np.ndarray]:
-    """One int64 index array per client (client i = rank i + 1), pairwise disjoint.
-
-    iid and dirichlet cover every sample; noniid covers every sample too (a remainder of fewer than
-    SHARD_SIZE samples joins the owner of the last shard). alpha is used by dirichlet only.
+    """One int64 index array per client (client i = rank i + 1), pairwise disjoint, together covering every
+    sample (noniid and pathological: a remainder smaller than a shard joins the owner of the last shard).
+    alpha is used by dirichlet only, shards_per_client by pathological only.
     """
     _check_scheme(scheme)
     labels = _as_label_array(labels)
@@ -165,6 +193,8 @@ def partition_samples(
         return iid_partition(len(labels), num_clients, seed)
     if scheme == "noniid":
         return noniid_shard_partition(labels, num_clients, seed)
+    if scheme == "pathological":
+        return pathological_partition(labels, num_clients, seed, shards_per_client)
     return dirichlet_partition(labels, num_clients, seed, alpha)
 
 
@@ -176,9 +206,9 @@ def partition_tokens(
     iid: sizes differ by at most one token. noniid: every client first gets a floor of a quarter of
     the equal share (WikiText-2 with 100 clients: 5,221 tokens, a few bptt batches), the rest is
     dealt as shard_counts() deals shards, one token per shard. dirichlet: the same floor, the rest
-    split by Dirichlet(alpha) proportions. Every client gets at least one token.
+    split by Dirichlet(alpha) proportions. Every client gets at least one token. (pathological needs labels.)
     """
-    _check_scheme(scheme)
+    _check_scheme(scheme, TEXT_SCHEMES)
     _check_seed(seed)
     _check_clients(num_clients, num_tokens, "tokens")
     if scheme == "iid":
@@ -234,12 +264,14 @@ def _seeded_sorted_subset(count: int, keep: int, seed: int) -> torch.Tensor:
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:keep].sort().values
 
 
-def client_shards(data, num_clients: int, scheme: str, seed: int, alpha: float = 0.5) -> list:
+def client_shards(data, num_clients: int, scheme: str, seed: int, alpha: float = 0.5,
+                  shards_per_client: int = 2) -> list:
     """Each client's share of a loaded training set (client i = rank i + 1): sample indices for images,
     a (start, stop) token slice for text."""
     if isinstance(data, TextData):
         return partition_tokens(len(data.train_tokens), num_clients, scheme, seed, alpha=alpha)
-    return partition_samples(data.train_labels, num_clients, scheme, seed, alpha=alpha)
+    return partition_samples(data.train_labels, num_clients, scheme, seed, alpha=alpha,
+                             shards_per_client=shards_per_client)
 
 
 def shard_size(shard) -> int:

@@ -37,6 +37,8 @@ CASES = [
     (["FedAvg.py", "--dataset", "wikitext2", "--model", "mlp"], "cannot train on text data"),
     (["FedAvg.py", "--gpus", "0,x"], "comma list of CUDA device numbers"),
     (["FedAvg.py", "--partition", "skewed"], "invalid choice: 'skewed'"),
+    (["FedAvg.py", "--dataset", "ptb", "--model", "transformer", "--partition", "pathological"],
+     "--partition pathological splits by label, and text has none"),
     (["FedAvg.py", "--master_port", "70000"], "must be a port between"),
     (["AsyncFedAvg.py", "--compensation", "taylor"], "invalid choice: 'taylor'"),
     (["FedAvg.py", "--compress", "int4"], "invalid choice: 'int4'"),
@@ -93,7 +95,7 @@ def test_every_option_has_help_and_shows_one_default(script):
 
 FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, dataset="mnist", model="mnistnet",
                        batch_size=32, max_epoch=10, client_epoch=5, lr=0.01, seed=2020, partition="noniid",
-                       alpha=0.5, data_dir="./data", out_dir=None, gpus=None, backend="gloo",
+                       alpha=0.5, shards_per_client=2, data_dir="./data", out_dir=None, gpus=None, backend="gloo",
                        master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, slowdown=1.0,
                        compress="none", topk_ratio=0.05, receive_window=8, eval_every=1,
                        max_train_samples=None, resume=None, test_samples=None, timeout=1800.0, threads=1, mom=0.0,

@@ -11,6 +11,7 @@ from tests.conftest import require_shared
 from Utils.partition import (
     PARTITION_SCHEMES,
     SHARD_SIZE,
+    TEXT_SCHEMES,
     describe_partition,
     dirichlet_partition,
     iid_partition,
@@ -163,6 +164,7 @@ def test_global_rng_states_untouched():
     np_state, torch_state, py_state = np.random.get_state(), torch.get_rng_state(), random.getstate()
     for scheme in PARTITION_SCHEMES:
         partition_samples(LABELS, 6, scheme, seed=9)
+    for scheme in TEXT_SCHEMES:
         partition_tokens(10_000, 6, scheme, seed=9)
     shard_counts(600, 4, 1594)
     after = np.random.get_state()
@@ -172,7 +174,9 @@ def test_global_rng_states_untouched():
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda: partition_samples(LABELS, 4, "shards", 0), "valid: iid, noniid, dirichlet"),
+    (lambda: partition_samples(LABELS, 4, "shards", 0), "valid: iid, noniid, pathological, dirichlet"),
+    (lambda: partition_tokens(1000, 4, "pathological", 0), "valid: iid, noniid, dirichlet"),
+    (lambda: partition_samples(LABELS, 4, "pathological", 0, shards_per_client=0), "at least 1"),
     (lambda: partition_samples(LABELS, 0, "iid", 0), "at least 1"),
     (lambda: partition_samples(LABELS, 61, "noniid", 0), "61 clients need at least one of the 60 shards"),
     (lambda: partition_samples(LABELS, 6038, "iid", 0), "6038 clients"),
@@ -202,7 +206,7 @@ def assert_contiguous_cover(slices, num_tokens):
     assert all(stop > start for start, stop in slices)
 
 
-@pytest.mark.parametrize("scheme", PARTITION_SCHEMES)
+@pytest.mark.parametrize("scheme", TEXT_SCHEMES)
 def test_token_slices_disjoint_contiguous_cover(no_hang, scheme):
     for num_tokens, num_clients in [(2_088_628, 4), (2_088_628, 100), (929_589, 7), (5, 5), (9, 4)]:
         slices = partition_tokens(num_tokens, num_clients, scheme, seed=2020)
@@ -277,3 +281,18 @@ def test_a_trainer_holds_exactly_its_shard_normalised():
     assert torch.equal(trainer.labels, data.train_labels[shard])
     expected = (data.train_images[shard].float() / 255 - 0.5) / 0.25
     torch.testing.assert_close(trainer.images, expected, rtol=0, atol=1e-6)
+
+
+def test_the_pathological_split_gives_each_client_its_shards_of_sorted_labels():
+    """McMahan et al. 2017 on MNIST's size: 100 clients x 2 shards of 300 label-sorted samples."""
+    labels = np.repeat(np.arange(10), 6000)[np.random.RandomState(0).permutation(60000)]
+    parts = partition_samples(labels, 100, "pathological", seed=2020)
+    assert_disjoint_cover(parts, 60000)
+    assert {len(p) for p in parts} == {600}
+    labels_per_client = [len(np.unique(labels[p])) for p in parts]
+    assert max(labels_per_client) <= 2 and np.mean(labels_per_client) > 1.5   # a shard never spans 2 labels here
+    again = partition_samples(labels, 100, "pathological", seed=2020)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    three = partition_samples(labels[:6037], 7, "pathological", seed=1, shards_per_client=3)
+    assert_disjoint_cover(three, 6037)   # 21 shards of 287, the 10 left over with the last shard's owner
+    assert sorted(len(p) for p in three)[:6] == [861] * 6 and max(len(p) for p in three) == 871
