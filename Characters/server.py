@@ -221,7 +221,12 @@ class _Server:
                 self.broadcast(stop=True)   # the clients end cleanly, so that the server's line names the cause
                 self.write_finished(unwritten, wait=True)   # the rounds before are good: keep their rows
                 self.checkpoints.wait()                       # and the last good round's checkpoint
-                raise Diverged(f"round {round_index}: {diverged}")
+                reason = f"round {round_index}: {diverged}"
+                figures = summarise_rows(self.writer.rows, self.metric, SUMMARY_TARGETS.get(cfg.dataset, ()),
+                                         self.startup_s)
+                self.write_summary_json(figures, _summary(cfg, figures, self.metric, time.time() - self.launched,
+                                                          False), diverged=reason)
+                raise Diverged(reason)
             # Decided on G_{r-1}, announced with G_r: the clients are already training the next round.
             stopping = self.early_stop_decided(round_index - 1, unwritten)
             row = self.broadcast(stop=stopping, round_index=round_index, reports=reports)
@@ -257,12 +262,14 @@ class _Server:
         log.info(summary["line"])
         return summary
 
-    def write_summary_json(self, figures: dict, summary: dict) -> None:
-        """summary.json: the run's figures for tools, so that none has to read train.log (docs/outputs.md)."""
+    def write_summary_json(self, figures: dict, summary: dict, diverged: str | None = None) -> None:
+        """summary.json: the run's figures for tools, so that none has to read train.log (docs/outputs.md); a
+        diverged run's too, from its good rounds, with the reason."""
         cfg = self.cfg
         content = {"script": cfg.script, "dataset": cfg.dataset, "model": cfg.model, "world_size": cfg.world_size,
                    "seed": cfg.seed, "metric": self.metric, "wall_s": summary["wall_s"],
-                   "stopped_early": summary["stopped_early"], **figures}
+                   "stopped_early": summary["stopped_early"], **figures,
+                   **({"diverged": diverged} if diverged else {})}
         staging = self.out_dir / "summary.json.tmp"
         staging.write_text(json.dumps(content, indent=2) + "\n")
         staging.replace(self.out_dir / "summary.json")   # a reader never sees half a file

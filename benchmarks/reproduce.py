@@ -41,10 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
-from jobs import JobResult, Link, job_output_path, logged_startup_s, run_job, steady_mean  # noqa: E402
+from jobs import JobResult, Link, job_output_path, run_job, steady_mean  # noqa: E402
 
 from Utils.prepare import is_prepared  # noqa: E402
-from Utils.run_log import summarise_rows  # noqa: E402
 
 NUM_CLIENTS = 4
 PILOT_ROUNDS = 3
@@ -218,16 +217,12 @@ class Matrix:
 
 
 def record_divergence(job: JobResult, out_dir: Path) -> None:
-    """A run that diverged is a result, not a failure: summary.json from its good rounds, with the reason.
-    Any other failure stops the matrix (rerunning it resumes)."""
-    reason = next((line.split("failed: ", 1)[1] for line in job.log.splitlines()
-                   if "the run diverged" in line and "failed: " in line), None)
+    """A run that diverged is a result, not a failure: the server's summary.json (from its good rounds) says
+    why. Any other failure stops the matrix (rerunning it resumes)."""
+    path = out_dir / "summary.json"
+    reason = json.loads(path.read_text()).get("diverged") if path.is_file() else None
     if reason is None:
         sys.exit(f"job failed with exit status {job.status}: {job.command}\n{job.log[-3000:]}")
-    metric = "perplexity" if "perplexity" in (job.rows[0] if job.rows else {}) else "accuracy"
-    summary = {"metric": metric, "diverged": reason,
-               **summarise_rows(job.rows, metric, (), logged_startup_s(job.log))}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"  diverged: {reason}")
 
 

@@ -1,4 +1,5 @@
 """A failed rank brings the whole job down, quickly, naming the rank, with nothing left running."""
+import json
 import os
 import signal
 import socket
@@ -59,6 +60,8 @@ def test_a_diverged_run_stops_naming_the_round_and_the_client(script, mnist_root
     last = done.stderr.strip().splitlines()[-1]
     assert "rank 0 failed" in last and "round 1: client 1's model is not finite" in last, done.stderr[-2000:]
     assert "try a smaller --lr" in last and "Traceback" not in done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())   # tools read the reason there
+    assert summary["diverged"].startswith("round 1: client 1's model is not finite") and summary["rounds"] == 0
     assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
 
 
