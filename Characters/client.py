@@ -97,6 +97,7 @@ def run_client(cfg: RunConfig, rank: int, trainer: LocalTrainer, model_numel: in
                 start = merged_start(global_model, sent, cfg.merge_weight)
             if cfg.compress != "none":
                 sent = transport.pack_payload(feedback.compress(sent - global_model)[0])
+                # on disk before the upload leaves: a checkpoint that counts this upload always finds it
                 write_client_state(Path(cfg.out_dir), rank, round_index,
                                    {"residual": feedback.residual, **({"start": start} if cfg.client_merge else {})})
             upload = transport.pack_upload(sent, report)
