@@ -38,7 +38,14 @@ from Utils.config import RunConfig
 from Utils.datasets import ImageData
 from Utils.flat import buffer_size, cpu_state_dict, flatten_model, load_flat_into_model, model_size
 from Utils.memory import reset_peak_resident, resident_mb
-from Utils.run_log import SUMMARY_TARGETS, MetricsWriter, best_row, higher_is_better, summarise_rows
+from Utils.run_log import (
+    SUMMARY_TARGETS,
+    MetricsWriter,
+    TensorBoardLog,
+    best_row,
+    higher_is_better,
+    summarise_rows,
+)
 from Utils.text import TextData
 from Utils.transport import RoundReport
 
@@ -94,6 +101,7 @@ class _Server:
         self.metric = "perplexity" if isinstance(data, TextData) else "accuracy"
         resumed = read_checkpoint(self.out_dir, asdict(cfg)) if cfg.resume else None
         self.writer = MetricsWriter(self.out_dir / "metrics.csv", self.metric, resumed["rows"] if resumed else ())
+        self.tensorboard = TensorBoardLog(self.out_dir / "tensorboard", self.metric) if cfg.tensorboard else None
         self.weights = client_weights(num_samples)
         self.clients = list(range(1, cfg.world_size))
         self.model_numel = model_size(model)
@@ -252,6 +260,8 @@ class _Server:
             if time.time() - rounds_done > 1.0:
                 log.info("evaluation finished %.1f s after the last round", time.time() - rounds_done)
         self.writer.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         load_flat_into_model(self.update.current, self.model)
         torch.save(cpu_state_dict(self.model), self.out_dir / "final_model.pt")
         figures = summarise_rows(self.writer.rows, self.metric, SUMMARY_TARGETS.get(cfg.dataset, ()),
@@ -394,6 +404,8 @@ class _Server:
             row["comm_wait_s"] = _mean([r.comm_wait_s for r in reports])
             row["comm_s"] = _mean([r.comm_s for r in reports])
         self.writer.write(row)
+        if self.tensorboard is not None:
+            self.tensorboard.write(row)
         metric = self.metric
         shown = f"{metric} {row[metric]:.4f} test_loss {row['test_loss']:.4f} | " if metric in row else ""
         adaptive = f" | C {row['comp_coef']:.3f}" if self.cfg.compensation in ADAPTIVE_COMPENSATIONS else ""

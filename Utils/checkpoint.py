@@ -34,7 +34,7 @@ FORMAT = 1
 # extended).
 PROCESS_OPTIONS = frozenset({"gpus", "backend", "master_addr", "master_port", "timeout", "threads"})
 RESUMABLE_CHANGES = PROCESS_OPTIONS | {"max_epoch", "data_dir", "bandwidth", "latency", "slowdown",
-                                       "receive_window", "resume", "out_dir", "launch_time"}
+                                       "receive_window", "tensorboard", "resume", "out_dir", "launch_time"}
 
 
 class CheckpointError(ValueError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 from dataclasses import Field, fields
@@ -183,6 +184,8 @@ def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         check_model_fits(args.model, text=text, in_channels=channels, image_size=size)
     except ValueError as error:
         parser.error(f"--model {args.model} with --dataset {args.dataset}: {error}")
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        parser.error("--tensorboard needs the tensorboard package: pip install -r requirements-tensorboard.txt")
     if text and args.partition == "pathological":
         parser.error("--partition pathological splits by label, and text has none: use iid, noniid or dirichlet")
     if args.backend == "nccl" and args.gpus is None:

@@ -245,6 +245,9 @@ class RunConfig:
         "the server receives up to this many clients' uploads at once, each into a buffer of its own, so that "
         "on a real network their transfers run side by side (it still adds them in client order)",
         type=positive_int)
+    tensorboard: bool = option(False,
+        "also write each round's metrics, times and bytes as TensorBoard scalars in RUN_DIR/tensorboard "
+        "(needs requirements-tensorboard.txt)", action="store_true")
     eval_every: int = option(1,
         "evaluate the global model every N rounds and after the last (0: never, for timing runs)",
         type=non_negative_int)

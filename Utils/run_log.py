@@ -77,6 +77,28 @@ class MetricsWriter:
         self._file.close()
 
 
+class TensorBoardLog:
+    """--tensorboard: the rows of metrics.csv as TensorBoard scalars (RUN_DIR/tensorboard), step = round, so
+    that a run can be watched live with `tensorboard --logdir runs`."""
+
+    COLUMNS = ("{metric}", "test_loss", "train_loss", "round_s", "train_s", "comm_s", "comm_wait_s", "bytes_up",
+               "bytes_down", "comp_coef")
+
+    def __init__(self, folder: Path, metric: str):
+        from torch.utils.tensorboard import SummaryWriter  # optional: requirements-tensorboard.txt
+        self._writer = SummaryWriter(log_dir=str(folder))
+        self._columns = [c.format(metric=metric) for c in self.COLUMNS]
+
+    def write(self, row: dict) -> None:
+        for column in self._columns:
+            if _is_number(row.get(column)):
+                self._writer.add_scalar(column, row[column], global_step=row["round"])
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 # Targets whose time summary.json reports (accuracy up, perplexity down). The MNIST ones are the
 # time-to-accuracy benchmark's; the others mark early, middle and late progress of a full-data run.
 SUMMARY_TARGETS = {

@@ -97,7 +97,7 @@ FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, dataset="mn
                        batch_size=32, max_epoch=10, client_epoch=5, lr=0.01, seed=2020, partition="noniid",
                        alpha=0.5, shards_per_client=2, data_dir="./data", out_dir=None, gpus=None, backend="gloo",
                        master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, slowdown=1.0,
-                       compress="none", topk_ratio=0.05, receive_window=8, eval_every=1,
+                       compress="none", topk_ratio=0.05, receive_window=8, tensorboard=False, eval_every=1,
                        max_train_samples=None, resume=None, test_samples=None, timeout=1800.0, threads=1, mom=0.0,
                        server_lr=1.0, lambd=0.0, compensation="none", comp_coef=0.5, merge_weight=1.0, early_stop=None,
                        launch_time=None)
@@ -188,3 +188,13 @@ def test_the_prune_line_says_which_side_of_the_bar():
     from Characters.sweep import prune_reason
     assert prune_reason("accuracy") == "accuracy below the --optuna_early_stop bar"
     assert prune_reason("perplexity") == "perplexity above the --optuna_early_stop bar"
+
+
+def test_tensorboard_without_its_package_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    status, _, err = run_entry(["FedAvg.py", "--tensorboard"], capsys)
+    assert status == 2
+    assert err.strip().splitlines()[-1].endswith("--tensorboard needs the tensorboard package: pip install -r "
+                                                 "requirements-tensorboard.txt")
