@@ -61,7 +61,7 @@ CASES = [
     ("option of the other script", ["FedAvg.py", "--lambd", "0.1"], 2, "stderr",
      "FedAvg.py: error: unrecognized arguments: --lambd 0.1", None, False),
     # The launcher (Characters/launch.py): status 2 before any rank starts.
-    ("nccl without CUDA", ["FedAvg.py", *TINY, "--backend", "nccl", "--gpus", "0", "--out_dir", "{tmp}/run"], 2,
+    ("nccl without CUDA", ["FedAvg.py", *TINY, "--backend", "nccl", "--gpus", "0,1,2", "--out_dir", "{tmp}/run"], 2,
      "stderr", "[launcher] ERROR --backend nccl needs CUDA on every rank; use --backend gloo", None, False),
     ("WORLD_SIZE 1", ["FedAvg.py", *TINY, "--out_dir", "{tmp}/run"], 2, "stderr",
      "[rank 0] ERROR WORLD_SIZE=1: a job needs the server and at least one client",

@@ -255,7 +255,8 @@ def test_a_compressed_run_resumes_to_the_uninterrupted_metrics(case, mnist_root,
     run = tmp_path / "run"
     failed = run_job(script, *FAULT_OPTIONS, *options, out_dir=run, data_dir=mnist_root,
                      env=job_env(OVERLAP_FEDAVG_FAULT=fault), timeout=120)
-    assert failed.returncode == 1 and 1 <= len(read_metrics(run)) < 4
+    # stopped in round 3, after a checkpoint: the resume continues mid-run, from the saved client state
+    assert failed.returncode == 1 and (run / "checkpoint.pt").is_file() and (run / "client-state").is_dir()
     resumed = run_job(script, "--resume", str(run), "--master_port", "0", out_dir=run, data_dir=mnist_root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
