@@ -230,10 +230,7 @@ class _Server:
                 self.write_finished(unwritten, wait=True)   # the rounds before are good: keep their rows
                 self.checkpoints.wait()                       # and the last good round's checkpoint
                 reason = f"round {round_index}: {diverged}"
-                figures = summarise_rows(self.writer.rows, self.metric, SUMMARY_TARGETS.get(cfg.dataset, ()),
-                                         self.startup_s)
-                self.write_summary_json(figures, _summary(cfg, figures, self.metric, time.time() - self.launched,
-                                                          False), diverged=reason)
+                self.write_summary(stopped=False, diverged=reason)
                 raise Diverged(reason)
             # Decided on G_{r-1}, announced with G_r: the clients are already training the next round.
             stopping = self.early_stop_decided(round_index - 1, unwritten)
@@ -264,18 +261,17 @@ class _Server:
             self.tensorboard.close()
         load_flat_into_model(self.update.current, self.model)
         torch.save(cpu_state_dict(self.model), self.out_dir / "final_model.pt")
-        figures = summarise_rows(self.writer.rows, self.metric, SUMMARY_TARGETS.get(cfg.dataset, ()),
-                                 self.startup_s)
-        summary = _summary(cfg, figures, self.metric, time.time() - self.launched, stopping)
         log.info("server peak resident memory during the rounds %.1f MB", resident_mb())
-        self.write_summary_json(figures, summary)
+        summary = self.write_summary(stopped=stopping)
         log.info(summary["line"])
         return summary
 
-    def write_summary_json(self, figures: dict, summary: dict, diverged: str | None = None) -> None:
-        """summary.json: the run's figures for tools, so that none has to read train.log (docs/outputs.md); a
-        diverged run's too, from its good rounds, with the reason."""
+    def write_summary(self, *, stopped: bool, diverged: str | None = None) -> dict:
+        """The run's summary from its written rows, and summary.json for tools, so that none has to read
+        train.log (docs/outputs.md); a diverged run's too, from its good rounds, with the reason."""
         cfg = self.cfg
+        figures = summarise_rows(self.writer.rows, self.metric, SUMMARY_TARGETS.get(cfg.dataset, ()), self.startup_s)
+        summary = _summary(cfg, figures, self.metric, time.time() - self.launched, stopped)
         content = {"script": cfg.script, "dataset": cfg.dataset, "model": cfg.model, "world_size": cfg.world_size,
                    "seed": cfg.seed, "metric": self.metric, "wall_s": summary["wall_s"],
                    "stopped_early": summary["stopped_early"], **figures,
@@ -283,6 +279,7 @@ class _Server:
         staging = self.out_dir / "summary.json.tmp"
         staging.write_text(json.dumps(content, indent=2) + "\n")
         staging.replace(self.out_dir / "summary.json")   # a reader never sees half a file
+        return summary
 
     def receive(self, round_index: int) -> tuple[StreamingMoments, list[RoundReport], str | None]:
         """Every client's upload, in fixed client order, folded into the update's running sums; and what

@@ -71,32 +71,27 @@ def finite_float(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
+def _checked_float(text: str, accept: Callable[[float], bool], wanted: str) -> float:
     value = finite_float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _checked_float(text, lambda v: v > 0, "a positive number")
 
 
 def non_negative_float(text: str) -> float:
-    value = finite_float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
-    return value
+    return _checked_float(text, lambda v: v >= 0, "zero or positive")
 
 
 def positive_fraction(text: str) -> float:
-    value = finite_float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
-    return value
+    return _checked_float(text, lambda v: 0.0 < v <= 1.0, "above 0 and at most 1")
 
 
 def at_least_one(text: str) -> float:
-    value = finite_float(text)
-    if not value >= 1.0:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
-    return value
+    return _checked_float(text, lambda v: v >= 1.0, "1 or more")
 
 
 SPREAD = "lognormal"   # --bandwidth lognormal:MEDIAN:SIGMA and the like (client_value)
@@ -138,10 +133,7 @@ def client_value(spec: float | tuple[float, ...] | str | None, client: int, num_
 
 
 def unit_interval(text: str) -> float:
-    value = finite_float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+    return _checked_float(text, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
 
 
 def port_number(text: str) -> int:
