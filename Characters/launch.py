@@ -33,6 +33,7 @@ from Utils.memory import (
     available_bytes,
     device_memory_bytes,
     device_memory_refusal,
+    hosted_client_copies,
     job_memory_bytes,
     memory_refusal,
     merge_state_copies,
@@ -190,8 +191,9 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     _check_memory(cfg, size, forked=start_method == "forkserver")
     cfg = cfg.with_run_dir()
     _check_out_dir(cfg)
-    log.info("%s: %d processes (server + %d clients), run directory %s", cfg.script, cfg.world_size,
-             cfg.num_clients, cfg.out_dir)
+    hosting = "" if cfg.federation_size == cfg.client_ranks else f" hosting {cfg.federation_size} clients"
+    log.info("%s: %d processes (server + %d client ranks%s), run directory %s", cfg.script, cfg.world_size,
+             cfg.client_ranks, hosting, cfg.out_dir)
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)   # we say what failed, once
     summaries = mp.get_context(start_method).SimpleQueue()
     context = mp.start_processes(_spawned_rank, args=(cfg, summaries), nprocs=cfg.world_size,
@@ -289,14 +291,14 @@ def _check_partition(cfg: RunConfig, size: DatasetSize) -> None:
     Images: the real partition of the (limited) labels, which costs milliseconds; text needs only a count."""
     try:
         if dataset_is_text(cfg.dataset):
-            partition_tokens(min(size.train, cfg.max_train_samples or size.train), cfg.num_clients, cfg.partition,
+            partition_tokens(min(size.train, cfg.max_train_samples or size.train), cfg.federation_size, cfg.partition,
                              cfg.seed, alpha=cfg.alpha)
         else:
             data = limit_training_set(load_dataset(cfg.dataset, cfg.data_dir), cfg.max_train_samples, cfg.seed)
-            client_shards(data, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha, cfg.shards_per_client)
+            client_shards(data, cfg.federation_size, cfg.partition, cfg.seed, cfg.alpha, cfg.shards_per_client)
     except ValueError as error:
-        raise LaunchError(f"--partition {cfg.partition}: {error}; use fewer clients (--world_size) or more "
-                          f"training data (--max_train_samples)") from error
+        raise LaunchError(f"--partition {cfg.partition}: {error}; use fewer clients (--world_size, --num_clients) "
+                          f"or more training data (--max_train_samples)") from error
 
 
 def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
@@ -315,11 +317,14 @@ def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
                      test_bytes=test * (8 if text else size.sample_numel),
                      corpus_tokens=size.train + size.test if text else 0,
                      snapshot_bytes=min(evaluations, max_pending_snapshots(model_bytes)) * model_bytes,
-                     merge_state_bytes=merge_state_copies(cfg.num_clients) * model_bytes
+                     merge_state_bytes=merge_state_copies(cfg.sampled_per_round) * model_bytes
                      if cfg.client_merge and cfg.compress == "none" else 0,
                      compressed=cfg.compress != "none",
                      receive_buffers=1 if cfg.client_merge and cfg.compress == "none"
-                     else min(cfg.receive_window, cfg.num_clients),
+                     else min(cfg.receive_window, cfg.sampled_per_round),
+                     hosted_client_bytes=model_bytes * hosted_client_copies(
+                         cfg.federation_size, cfg.sampled_per_round, cfg.client_ranks, merge=cfg.client_merge,
+                         compressed=cfg.compress != "none"),
                      forked=forked)
     needed, available = job_memory_bytes(shape), available_bytes()
     log.info("memory: about %.1f GB for the job's %d processes%s", needed / 2**30, cfg.world_size,

@@ -61,7 +61,7 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
         shape = {} if text else {"in_channels": data.in_channels, "image_size": data.image_size}
         torch.manual_seed(cfg.seed)   # G_0 is the seeded initial model; clients receive it from the server
         model = build_model(cfg.model, num_classes, **shape).to(device)
-        shards = client_shards(data, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha, cfg.shards_per_client)
+        shards = client_shards(data, cfg.federation_size, cfg.partition, cfg.seed, cfg.alpha, cfg.shards_per_client)
         fingerprint = job_fingerprint(cfg, model_size(model))
         if rank == transport.SERVER_RANK:
             transport.check_clients(fingerprint, list(range(1, cfg.world_size)), cfg.timeout)
@@ -71,11 +71,13 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
             log.info("%s", describe_model(model))
             return run_server(cfg, limit_test_set(data, cfg.test_samples, cfg.seed), model,
                               [shard_size(s) for s in shards])
-        trainer = LocalTrainer(model, data, shards[rank - 1], batch_size=cfg.batch_size, lr=cfg.lr,
-                               epochs=cfg.client_epoch, seed=cfg.seed, rank=rank)
-        del data, shards   # a client keeps only its own shard (the trainer's copy), not the whole set
+        # One model for the rank; each hosted client has its own trainer and shard (they train one after another)
+        trainers = {client: LocalTrainer(model, data, shards[client - 1], batch_size=cfg.batch_size, lr=cfg.lr,
+                                         epochs=cfg.client_epoch, seed=cfg.seed, client=client)
+                    for client in cfg.hosted_clients(rank)}
+        del data, shards   # a rank keeps only its clients' shards (the trainers' copies), not the whole set
         transport.send(transport.hello_message(fingerprint), transport.SERVER_RANK)
-        run_client(cfg, rank, trainer, model_size(model))
+        run_client(cfg, rank, trainers, model_size(model))
         return None
     except Exception as error:
         log.error("rank %d failed: %s", rank, error)

@@ -1,9 +1,10 @@
 """The server (rank 0): receive uploads, update the global model, send it, log; evaluation runs beside.
 
 One loop serves FedAvg and Overlap-FedAvg; the difference lives in Utils.aggregation.ServerUpdate
-(staleness, compensation, momentum) and in the clients' pipeline. Uploads are received in fixed client
-order and folded into running sums, so the server holds O(model) memory and its arithmetic does not
-depend on which client happens to finish first (same seed, same numbers, whatever the network).
+(staleness, compensation, momentum) and in the clients' pipeline. A round's uploads come from the clients it
+samples (--clients_per_round; all by default), each from the rank that hosts it (Utils.federation); they are
+received in fixed client order and folded into running sums, so the server holds O(model) memory and its
+arithmetic does not depend on which client happens to finish first (same seed, same numbers, whatever the network).
 With --compress an upload is added to the current global model (the one its client held when it sent it),
 and a broadcast sends the global model less its replica of what the clients hold, then adds to the
 replica what the clients will decode: what a broadcast loses stays in the difference and goes out next time.
@@ -32,10 +33,11 @@ from Utils.aggregation import (
     merged_start,
     uploads_are_stale,
 )
-from Utils.checkpoint import CheckpointWriter, checkpoint_options, read_checkpoint
+from Utils.checkpoint import CheckpointError, CheckpointWriter, checkpoint_options, read_checkpoint
 from Utils.compression import decode, encode, part_specs
 from Utils.config import RunConfig
 from Utils.datasets import ImageData
+from Utils.federation import host_rank
 from Utils.flat import buffer_size, cpu_state_dict, flatten_model, load_flat_into_model, model_size
 from Utils.memory import reset_peak_resident, resident_mb
 from Utils.run_log import (
@@ -102,8 +104,9 @@ class _Server:
         resumed = read_checkpoint(self.out_dir, asdict(cfg)) if cfg.resume else None
         self.writer = MetricsWriter(self.out_dir / "metrics.csv", self.metric, resumed["rows"] if resumed else ())
         self.tensorboard = TensorBoardLog(self.out_dir / "tensorboard", self.metric) if cfg.tensorboard else None
-        self.weights = client_weights(num_samples)
-        self.clients = list(range(1, cfg.world_size))
+        self.num_samples = num_samples   # client c's training samples at index c - 1
+        self.ranks = list(range(1, cfg.world_size))   # the client ranks: every broadcast goes to all of them
+        self.clients, self.weights = self.round_clients(0)   # the round being received, and their p_k
         self.model_numel = model_size(model)
         self.update = ServerUpdate(flatten_model(model), stale=uploads_are_stale(cfg.overlap, cfg.compensation),
                                    momentum=cfg.mom,
@@ -111,7 +114,7 @@ class _Server:
                                    comp_coef=cfg.comp_coef, num_buffers=buffer_size(model))
         self.specs = part_specs(cfg.compress, self.model_numel, cfg.topk_ratio)
         self.payload_words = transport.payload_words(self.specs)
-        self.window = min(cfg.receive_window, cfg.num_clients)
+        self.window = min(cfg.receive_window, cfg.sampled_per_round)
         # The client merge keeps every client's last upload for --resume (compressed, the clients keep their own
         # state instead); otherwise the upload buffers are reused round after round (receive).
         self.keeps_uploads = cfg.client_merge and cfg.compress == "none"
@@ -142,9 +145,19 @@ class _Server:
             if cfg.compress != "none":
                 self.replica, self.previous_replica = resumed["replica"], resumed["previous_replica"]
             self.first_round = resumed["round"] + 1
+            if resumed.get("sampled", self.cfg.round_clients(resumed["round"] - 1)) != \
+                    self.cfg.round_clients(resumed["round"] - 1):
+                raise CheckpointError(f"{self.out_dir}: the checkpoint's round {resumed['round']} sampled other "
+                                      f"clients than this version of the project samples; resume it with the "
+                                      f"version that made it")
             if self.evaluator is not None:
                 best = best_row(resumed["rows"], self.metric)
                 self.evaluator.best = best[self.metric] if best else None
+
+    def round_clients(self, round_index: int) -> tuple[list[int], list[float]]:
+        """The clients that train in (0-based) round `round_index` and their FedAvg weights (by sample count)."""
+        clients = self.cfg.round_clients(round_index)
+        return clients, client_weights([self.num_samples[client - 1] for client in clients])
 
     def send_start(self) -> None:
         """G_0; or, resuming after round r, what the clients' next round trains from (G_r, Overlap G_{r-1}
@@ -154,14 +167,17 @@ class _Server:
         if self.replica is not None and first > 0:   # --compress: what the clients held (their own state is theirs)
             self.send_compressed_start(first)
         elif self.cfg.client_merge and first > 0:
-            for client, upload in zip(self.clients, self.last_uploads, strict=True):
+            # G_{r-1} for the clients the last round did not sample, then each sampled one's own start (to its rank)
+            transport.send_to_all(transport.pack_start(self.merge_base, first), self.ranks)
+            last_clients = self.cfg.round_clients(first - 1)
+            for client, upload in zip(last_clients, self.last_uploads, strict=True):
                 start = merged_start(self.merge_base, upload, self.cfg.merge_weight)
-                transport.send_to_all(transport.pack_start(start, first), [client])
+                transport.send_to_all(transport.pack_start(start, first), [host_rank(client, self.cfg.client_ranks)])
         else:
             start = self.update.upload_start if self.cfg.overlap and first > 0 else self.update.current
-            transport.send_to_all(transport.pack_start(start, first), self.clients)
+            transport.send_to_all(transport.pack_start(start, first), self.ranks)
         if self.cfg.overlap and first > 0 and self.replica is None:
-            transport.send_to_all(transport.pack_download(self.update.current, stop=False), self.clients)
+            transport.send_to_all(transport.pack_download(self.update.current, stop=False), self.ranks)
         self.last_sent = time.perf_counter()
 
     def send_compressed_start(self, first: int) -> None:
@@ -169,11 +185,11 @@ class _Server:
         merging, from their own saved start), then receive broadcast r again (G_r - B_{r-1}, encoded as it
         was), which brings them to B_r. Each client reads its residual from its state file."""
         if not self.cfg.overlap:
-            transport.send_to_all(transport.pack_start(self.replica, first), self.clients)
+            transport.send_to_all(transport.pack_start(self.replica, first), self.ranks)
             return
-        transport.send_to_all(transport.pack_start(self.previous_replica, first), self.clients)
+        transport.send_to_all(transport.pack_start(self.previous_replica, first), self.ranks)
         parts = encode(self.update.current - self.previous_replica, self.cfg.compress, self.cfg.topk_ratio)
-        transport.send_to_all(transport.pack_download(transport.pack_payload(parts), stop=False), self.clients)
+        transport.send_to_all(transport.pack_download(transport.pack_payload(parts), stop=False), self.ranks)
 
     def restore_unwritten(self) -> list[_Unwritten]:
         """A resumed run's rows that were not written yet: their evaluations start again from the saved
@@ -193,7 +209,7 @@ class _Server:
         merge = {"merge_base": self.merge_base, "last_uploads": self.last_uploads} if self.keeps_uploads else {}
         if self.replica is not None:   # the clients' merge state is in their own files then (client_state)
             merge = {"replica": self.replica, "previous_replica": self.previous_replica}
-        self.checkpoints.submit({"round": round_index, "update": self.update.state_dict(),
+        self.checkpoints.submit({"round": round_index, "sampled": self.clients, "update": self.update.state_dict(),
                                  "rows": list(self.writer.rows), "pending": pending, "startup_s": self.startup_s,
                                  "options": self.checkpoint_options, **merge})
 
@@ -282,8 +298,9 @@ class _Server:
         return summary
 
     def receive(self, round_index: int) -> tuple[StreamingMoments, list[RoundReport], str | None]:
-        """Every client's upload, in fixed client order, folded into the update's running sums; and what
+        """Every sampled client's upload, in fixed client order, folded into the update's running sums; and what
         diverged, if an upload is not finite (all are received even then, so that no client is left sending)."""
+        self.clients, self.weights = self.round_clients(round_index - 1)
         moments, reports, diverged = self.update.new_round(), [], None
         uploads, waits = [], []
         # Up to --receive_window uploads in flight at once (on a real network, one receive at a time would make
@@ -294,7 +311,7 @@ class _Server:
         def post(index: int) -> None:
             # The client merge keeps every upload for the checkpoint: each in a buffer of its own.
             buffer = torch.empty(transport.upload_size(self.payload_words)) if self.keeps_uploads else free.pop()
-            in_flight.append(transport.post_recv(buffer, self.clients[index]))
+            in_flight.append(transport.post_recv(buffer, host_rank(self.clients[index], self.cfg.client_ranks)))
 
         for index in range(self.window):
             post(index)
@@ -325,7 +342,7 @@ class _Server:
 
     def broadcast(self, *, stop: bool, round_index: int = 0, reports: list[RoundReport] = ()) -> dict:
         """Send the current global model and the continue/stop flag; return the round's first figures."""
-        bytes_down = transport.send_to_all(transport.pack_download(self.global_payload(), stop), self.clients,
+        bytes_down = transport.send_to_all(transport.pack_download(self.global_payload(), stop), self.ranks,
                                            self.deadline.seconds)
         now = time.perf_counter()
         if reports:
@@ -386,12 +403,12 @@ class _Server:
             self.write_row(entry.row, entry.reports)
 
     def receive_final_reports(self) -> list[RoundReport]:
-        """After the final download each client reports its last communication job."""
+        """After the final download each client rank reports its last communication job."""
         message = torch.empty(len(transport.REPORT_FIELDS))
         reports = []
-        for client in self.clients:
-            transport.recv(message, client, timeout_s=self.deadline.seconds,
-                           waiting_for=f" (the server was waiting for client {client}'s last report)")
+        for rank in self.ranks:
+            transport.recv(message, rank, timeout_s=self.deadline.seconds,
+                           waiting_for=f" (the server was waiting for client rank {rank}'s last report)")
             reports.append(RoundReport.from_tensor(message))
         return reports
 
@@ -415,7 +432,11 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
                num_samples: list[int]) -> dict:
     """Run R rounds; return the summary (also logged, and written to the run directory)."""
     server = _Server(cfg, data, model, num_samples)
-    log.info("%d clients, %s samples each; %s", len(server.clients), ", ".join(f"{n:,}" for n in num_samples),
+    hosting = ("" if cfg.federation_size == cfg.client_ranks else f" on {cfg.client_ranks} client ranks") + \
+        ("" if cfg.sampled_per_round == cfg.federation_size else f", {cfg.sampled_per_round} sampled per round")
+    shown = num_samples if len(num_samples) <= 16 else [min(num_samples), max(num_samples)]
+    log.info("%d clients%s, %s samples each; %s", cfg.federation_size, hosting,
+             (", " if len(num_samples) <= 16 else " to ").join(f"{n:,}" for n in shown),
              "FedAvg (blocking)" if not cfg.overlap else
              f"Overlap-FedAvg, client merge b = {cfg.merge_weight:g}" if cfg.client_merge else
              f"Overlap-FedAvg (one-version-stale pipeline, {cfg.compensation} compensation)")

@@ -5,7 +5,7 @@ the model the next uploads start from, the momentum buffer, the secant form's la
 was taken after, the metrics rows up to that round, the start-up time, and the options that decide the
 result, to refuse a checkpoint of another run; with the client merge also every client's last upload and the
 global model it was built on ("last_uploads", "merge_base"), from which each client's next start follows.
-Clients need nothing saved: every random choice of a round derives from (seed, rank, round, epoch), and the
+Clients need nothing saved: every random choice of a round derives from (seed, client, round, epoch), and the
 server sends them the models they train from. Except with --compress: then the server keeps what the clients
 hold ("replica", "previous_replica"), and each client writes its own error-feedback residual (and, merging,
 its next start) after every upload, in RUN_DIR/client-state (write_client_state).
@@ -127,27 +127,31 @@ CLIENT_STATE_DIR = "client-state"
 CLIENT_STATES_KEPT = 5   # a client may be a few rounds ahead of the server's last checkpoint on disk
 
 
-def write_client_state(run_dir: Path, rank: int, round_index: int, state: dict) -> None:
-    """A client's own state after its upload of round `round_index` (0-based), atomically; the states of older
-    rounds than the last CLIENT_STATES_KEPT are removed."""
-    folder = run_dir / CLIENT_STATE_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"rank{rank}-round{round_index}.pt"
+def _client_state_path(run_dir: Path, client: int, round_index: int) -> Path:
+    return run_dir / CLIENT_STATE_DIR / f"client{client}-round{round_index}.pt"
+
+
+def write_client_state(run_dir: Path, client: int, round_index: int, state: dict) -> None:
+    """A client's own state after its upload of round `round_index` (0-based), atomically; its states older than
+    its last CLIENT_STATES_KEPT are removed (a sampled client uploads in some rounds only)."""
+    path = _client_state_path(run_dir, client, round_index)
+    path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(path.name + ".tmp")
     with staging.open("wb") as f:
         torch.save({"format": FORMAT, "round": round_index, **state}, f)
         f.flush()
         os.fsync(f.fileno())
     staging.replace(path)
-    stale = folder / f"rank{rank}-round{round_index - CLIENT_STATES_KEPT}.pt"
-    stale.unlink(missing_ok=True)
+    saved = sorted(int(p.stem.rsplit("round", 1)[1]) for p in path.parent.glob(f"client{client}-round*.pt"))
+    for old in saved[:-CLIENT_STATES_KEPT]:
+        _client_state_path(run_dir, client, old).unlink(missing_ok=True)
 
 
-def read_client_state(run_dir: Path, rank: int, round_index: int) -> dict:
+def read_client_state(run_dir: Path, client: int, round_index: int) -> dict:
     """The state write_client_state saved after round `round_index`; CheckpointError when it is not there."""
-    path = run_dir / CLIENT_STATE_DIR / f"rank{rank}-round{round_index}.pt"
+    path = _client_state_path(run_dir, client, round_index)
     if not path.is_file():
-        raise CheckpointError(f"client {rank} has no saved state for round {round_index + 1} in {path.parent}: a "
+        raise CheckpointError(f"client {client} has no saved state for round {round_index + 1} in {path.parent}: a "
                               f"compressed run resumes with its clients' error-feedback state, which they write "
                               f"in the run directory (on several machines give every rank the same --out_dir)")
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -168,7 +172,8 @@ def _with_added_options(saved: dict | None, expected: dict) -> dict | None:
 
 # Options added to RunConfig after checkpoints of FORMAT 1 were first written, with defaults that keep the
 # older runs' numbers.
-_LATER_OPTIONS = frozenset({"merge_weight", "compress", "topk_ratio", "shards_per_client"})
+_LATER_OPTIONS = frozenset({"merge_weight", "compress", "topk_ratio", "shards_per_client", "num_clients",
+                            "clients_per_round"})
 
 
 def _comparable(options: dict) -> dict:

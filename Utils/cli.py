@@ -25,6 +25,7 @@ from Utils.config import (
     nccl_sharing_refusal,
 )
 from Utils.datasets import dataset_is_text, image_shape
+from Utils.federation import clients_per_round
 
 EPILOG = """\
 several machines: start one process per rank; rank 0 is the server, on the machine HOST.
@@ -178,6 +179,13 @@ def _shown(value) -> str:
 def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.world_size < 2:
         parser.error(f"--world_size {args.world_size}: need the server and at least one client (>= 2)")
+    if args.num_clients is not None and args.num_clients < args.world_size - 1:
+        parser.error(f"--num_clients {args.num_clients} leaves client ranks without a client: give at least "
+                     f"world_size - 1 ({args.world_size - 1}) clients, or --world_size {args.num_clients + 1}")
+    try:
+        clients_per_round(args.clients_per_round, args.num_clients or args.world_size - 1)
+    except ValueError as error:
+        parser.error(str(error))
     text = dataset_is_text(args.dataset)
     channels, size, _ = (1, 28, 28) if text else image_shape(args.dataset)   # text: the shape is unused
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from Networks import MODEL_NAMES
+from Utils import federation
 from Utils.aggregation import CLIENT_MERGE, COMPENSATIONS
 from Utils.compression import COMPRESSIONS
 from Utils.datasets import DATASET_NAMES
@@ -99,7 +100,7 @@ PER_CLIENT_OPTIONS = ("bandwidth", "latency", "slowdown")
 
 
 def per_client(number: Callable[[str], float]) -> Callable[[str], float | tuple[float, ...] | str]:
-    """An option with a value per client: NUMBER (every client), a comma list (one per client, in rank
+    """An option with a value per client rank: NUMBER (every one), a comma list (one per client rank, in rank
     order) or lognormal:MEDIAN:SIGMA (a seeded spread, client_value); each number checked by `number`."""
     def parse(text: str) -> float | tuple[float, ...] | str:
         if text.startswith(SPREAD + ":"):
@@ -116,15 +117,15 @@ def per_client(number: Callable[[str], float]) -> Callable[[str], float | tuple[
 
 def client_value(spec: float | tuple[float, ...] | str | None, client: int, num_clients: int, seed: int,
                  name: str) -> float | None:
-    """Client `client`'s (1..N) value of a per-client option. A spread lognormal:MEDIAN:SIGMA gives client k
-    MEDIAN * exp(SIGMA * z_k), with z_1..z_N standard normal draws seeded by the option's name and --seed, so
-    every rank derives the same values without a message."""
+    """Client rank `client`'s (1..N, N = world_size - 1) value of a per-client option. A spread
+    lognormal:MEDIAN:SIGMA gives rank k MEDIAN * exp(SIGMA * z_k), with z_1..z_N standard normal draws seeded by
+    the option's name and --seed, so every rank derives the same values without a message."""
     if spec is None or isinstance(spec, int | float):
         return spec
     if isinstance(spec, tuple | list):
         if len(spec) != num_clients:
-            raise ValueError(f"--{name} lists {len(spec)} values for {num_clients} clients; give one per client "
-                             f"(in rank order), one for all, or a spread {SPREAD}:MEDIAN:SIGMA")
+            raise ValueError(f"--{name} lists {len(spec)} values for {num_clients} client ranks; give one per "
+                             f"client rank (in rank order), one for all, or a spread {SPREAD}:MEDIAN:SIGMA")
         return float(spec[client - 1])
     _, median, sigma = spec.split(":")
     draws = random.Random(f"{name}:{seed}")
@@ -189,7 +190,15 @@ class RunConfig:
     script: str                      # FEDAVG or ASYNC: the entry script that started the run
     overlap: bool                    # Overlap-FedAvg's pipeline (one-version-stale) or blocking FedAvg
     world_size: int = option(5,
-        "processes in the job: the server plus the clients (so clients = world_size - 1)", type=int)
+        "processes in the job: the server plus the client ranks (world_size - 1, each hosting one client unless "
+        "--num_clients says more)", type=int)
+    num_clients: int | None = option(None,
+        "FL clients, hosted by the world_size - 1 client ranks: client c on rank 1 + (c - 1) mod (world_size - 1), "
+        "each rank training its sampled clients one after another (default: one client per rank)",
+        type=positive_int)
+    clients_per_round: float | None = option(None,
+        "clients that train in a round: a count K, or a fraction below 1 of --num_clients, sampled anew each "
+        "round from --seed and the round (default: all of them)", type=positive_float)
     dataset: str = option("mnist",
         "training and test data (prepare_data.py fetches it into --data_dir)", choices=DATASET_NAMES)
     model: str = option("mnistnet",
@@ -283,16 +292,36 @@ class RunConfig:
     launch_time: float | None = None
 
     @property
-    def num_clients(self) -> int:
+    def client_ranks(self) -> int:
+        """The processes that host clients (ranks 1..world_size - 1)."""
         return self.world_size - 1
 
-    def client_link(self, client: int) -> tuple[float | None, float]:
-        """(bandwidth Mbit/s or None, latency ms) of client `client` (1..N)."""
-        return (client_value(self.bandwidth, client, self.num_clients, self.seed, "bandwidth"),
-                client_value(self.latency, client, self.num_clients, self.seed, "latency"))
+    @property
+    def federation_size(self) -> int:
+        """N, the FL clients (--num_clients; by default one per client rank)."""
+        return self.num_clients or self.client_ranks
 
-    def client_slowdown(self, client: int) -> float:
-        return max(1.0, client_value(self.slowdown, client, self.num_clients, self.seed, "slowdown"))
+    @property
+    def sampled_per_round(self) -> int:
+        """K, the clients that train in each round (Utils.federation.clients_per_round)."""
+        return federation.clients_per_round(self.clients_per_round, self.federation_size)
+
+    def round_clients(self, round_index: int) -> list[int]:
+        """The clients that train in round `round_index` (0-based), ascending."""
+        return federation.round_sample(self.federation_size, self.sampled_per_round, self.seed, round_index)
+
+    def hosted_clients(self, rank: int) -> list[int]:
+        return federation.hosted_clients(rank, self.client_ranks, self.federation_size)
+
+    def client_link(self, rank: int) -> tuple[float | None, float]:
+        """(bandwidth Mbit/s or None, latency ms) of client rank `rank` (1..world_size - 1): the link belongs to
+        the process, which all its clients share."""
+        return (client_value(self.bandwidth, rank, self.client_ranks, self.seed, "bandwidth"),
+                client_value(self.latency, rank, self.client_ranks, self.seed, "latency"))
+
+    def client_slowdown(self, rank: int) -> float:
+        """How many times slower client rank `rank` trains (each of its clients)."""
+        return max(1.0, client_value(self.slowdown, rank, self.client_ranks, self.seed, "slowdown"))
 
     @property
     def client_merge(self) -> bool:

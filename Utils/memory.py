@@ -9,7 +9,10 @@ The estimate is a model of where a job's memory goes, calibrated on this project
 - a few copies of the model per rank (model, gradients, flat vectors, messages), and on the server the
   snapshots waiting for evaluation and, with the client merge, every client's last upload for the checkpoint;
   with --compress two more per rank (error feedback's residual or the server's replica, a decoded difference);
-  the server's upload buffers, one per upload it receives at once (--receive_window).
+  the server's upload buffers, one per upload it receives at once (--receive_window);
+- with several clients per rank (--num_clients), each further client a round trains on a rank holds its
+  trained model and its upload until they leave (merging, also its next start), and with --compress each
+  hosted client keeps its own residual (hosted_client_copies).
 With --gpus, device memory is estimated per device (device_memory_bytes) and checked against what it has free.
 """
 from __future__ import annotations
@@ -68,6 +71,7 @@ class JobShape:
     merge_state_bytes: int = 0  # the client merge: the clients' last uploads the server keeps (merge_state_copies)
     compressed: bool = False    # --compress other than none (COMPRESSION_COPIES_PER_RANK)
     receive_buffers: int = 1    # the server's upload buffers (--receive_window; one is among the rank's copies)
+    hosted_client_bytes: int = 0  # per client rank: the state of its clients beyond the first (hosted_client_copies)
     forked: bool = True         # ranks are forks of one preloaded process (CPU) rather than spawned
 
 
@@ -78,14 +82,25 @@ def merge_state_copies(num_clients: int) -> int:
     return 3 * (num_clients + 1)
 
 
+def hosted_client_copies(num_clients: int, per_round: int, client_ranks: int, *, merge: bool,
+                         compressed: bool) -> int:
+    """Model copies a client rank holds for its clients beyond the one a rank with one client holds: per further
+    client trained in a round, its trained model and its packed upload (merging, also its next start); with
+    --compress, per further hosted client, its residual."""
+    hosted = math.ceil(num_clients / client_ranks)
+    trained = min(hosted, math.ceil(per_round / client_ranks))
+    return (trained - 1) * (3 if merge else 2) + ((hosted - 1) if compressed else 0)
+
+
 def job_memory_bytes(shape: JobShape) -> int:
     """Estimated peak resident memory of all of a job's processes together (see the module docstring)."""
     shared = SHARED_IMPORT_BYTES * (2 if shape.forked else shape.world_size + 1)   # + the launcher's import
     copies = MODEL_COPIES_PER_RANK + (COMPRESSION_COPIES_PER_RANK if shape.compressed else 0)
     per_rank = RANK_PRIVATE_BYTES + copies * shape.model_bytes \
         + shape.corpus_tokens * TOKEN_BYTES_WHILE_LOADING
-    return shared + shape.world_size * per_rank + shape.train_bytes + shape.test_bytes + shape.snapshot_bytes \
-        + shape.merge_state_bytes + (shape.receive_buffers - 1) * shape.model_bytes
+    client_ranks = (shape.world_size - 1) * shape.hosted_client_bytes
+    return shared + shape.world_size * per_rank + client_ranks + shape.train_bytes + shape.test_bytes \
+        + shape.snapshot_bytes + shape.merge_state_bytes + (shape.receive_buffers - 1) * shape.model_bytes
 
 
 CUDA_CONTEXT_BYTES = 600 * MB     # a process's CUDA context and allocator reserve on its device

@@ -23,6 +23,7 @@ from Utils.aggregation import (
 )
 from Utils.compression import ErrorFeedback, decode, encode
 from Utils.datasets import load_dataset
+from Utils.federation import round_sample
 from Utils.flat import flatten_model, load_flat_into_model
 from Utils.partition import client_shards, limit_training_set
 from Utils.training import LocalTrainer, evaluate
@@ -66,39 +67,58 @@ class ScheduleReplay:
 
     def __init__(self, data_root: str | Path, *, dataset: str = "mnist", model: str = "mlp", num_clients: int = 2,
                  epochs: int = 1, max_train_samples: int | None = None, seed: int = 2020, lr: float = 0.01,
-                 batch_size: int = 32, compression: str = "none", topk_ratio: float = 0.05):
+                 batch_size: int = 32, compression: str = "none", topk_ratio: float = 0.05,
+                 clients_per_round: int | None = None, partition: str = "noniid", shards_per_client: int = 2):
         torch.set_num_threads(1)   # as every rank does: the figures must not depend on the core count
         self.data = limit_training_set(load_dataset(dataset, data_root), max_train_samples, seed)
         torch.manual_seed(seed)
         self.model = build_model(model, self.data.num_classes)
         self.initial = flatten_model(self.model).clone()
-        shards = client_shards(self.data, num_clients, "noniid", seed)
-        self.trainers = [LocalTrainer(build_model(model, self.data.num_classes), self.data, shard,
-                                      batch_size=batch_size, lr=lr, epochs=epochs, seed=seed, rank=k + 1)
+        shards = client_shards(self.data, num_clients, partition, seed, shards_per_client=shards_per_client)
+        # How many clients train does not depend on which rank hosts them: one model serves them all
+        trainer_model = build_model(model, self.data.num_classes)
+        self.trainers = [LocalTrainer(trainer_model, self.data, shard, batch_size=batch_size, lr=lr, epochs=epochs,
+                                      seed=seed, client=k + 1)
                          for k, shard in enumerate(shards)]
-        self.weights = client_weights([len(shard) for shard in shards])
+        self.num_samples = [len(shard) for shard in shards]
+        self.per_round, self.seed = clients_per_round or num_clients, seed
         self.compression, self.topk_ratio = compression, topk_ratio
 
+    def sampled(self, round_index: int) -> tuple[list[int], list[float]]:
+        """The 0-based indices of the clients round `round_index` samples, and their weights p_k."""
+        clients = round_sample(len(self.trainers), self.per_round, self.seed, round_index)
+        return [c - 1 for c in clients], client_weights([self.num_samples[c - 1] for c in clients])
+
+    def trained(self, start: Tensor, round_index: int) -> list[tuple[int, Tensor, float]]:
+        """(client index, its model, p_k) of every client the round samples, trained from `start`."""
+        clients, weights = self.sampled(round_index)
+        return [(k, self.trainers[k].train_round(start, round_index)[0], weight)
+                for k, weight in zip(clients, weights, strict=True)]
+
     def uploads(self, start: Tensor, round_index: int) -> Uploads:
-        """Every client's round `round_index` trained from `start`, with its weight p_k."""
-        return [(trainer.train_round(start, round_index)[0], weight)
-                for trainer, weight in zip(self.trainers, self.weights, strict=True)]
+        """The round's uploads trained from `start`, with their weights p_k."""
+        return [(local, weight) for _, local, weight in self.trained(start, round_index)]
 
     def run_client_merge(self, step: ServerStep, rounds: int, *, merge_weight: float = 1.0) -> list[float]:
         """Test accuracy of G_1..G_rounds with the client merge (--compensation local): client k's round r
-        trains from its own start x_k (G_0 in round 0), uploads U_k = G_r + (L_k - x_k) and starts round r + 1
-        from G_r + b (U_k - G_r); update r + 1 averages the uploads relative to w = G_r itself."""
+        trains from its own start x_k, uploads U_k = G_r + (L_k - x_k) and starts round r + 1 from
+        G_r + b (U_k - G_r); update r + 1 averages the uploads relative to w = G_r itself. A client the round
+        before did not sample starts from G_{r-1} (G_0 in rounds 0 and 1), which holds its last progress."""
         versions, accuracy = [self.initial.clone()], []
         wire = ReplayWire(versions[0], len(self.trainers), self.compression, self.topk_ratio)
-        starts = [self.initial] * len(self.trainers)
+        carried: dict[int, Tensor] = {}
+        shared = wire.held   # what a client the last round did not sample trains from: G_{r-1} as held
         for r in range(rounds):
             latest, held = versions[-1], wire.held   # G_r, and what every client holds when it uploads round r
-            sent = [merged_upload(held, trainer.train_round(start, r)[0], start)
-                    for trainer, start in zip(self.trainers, starts, strict=True)]
-            starts = [merged_start(held, upload, merge_weight) for upload in sent]
+            clients, weights = self.sampled(r)
+            starts = [carried.get(k, shared) for k in clients]
+            sent = [merged_upload(held, self.trainers[k].train_round(start, r)[0], start)
+                    for k, start in zip(clients, starts, strict=True)]
+            carried = {k: merged_start(held, upload, merge_weight) for k, upload in zip(clients, sent, strict=True)}
             uploads = [(wire.upload(k, upload, latest), weight)
-                       for k, (upload, weight) in enumerate(zip(sent, self.weights, strict=True))]
+                       for k, upload, weight in zip(clients, sent, weights, strict=True)]
             versions.append(step(r + 1, latest, uploads, latest).clone())
+            shared = held
             wire.broadcast(versions[-1])
             accuracy.append(self.accuracy(versions[-1]))
         return accuracy
@@ -116,7 +136,7 @@ class ScheduleReplay:
         for r in range(rounds):
             before = max(r - 1, 0) if overlap else r
             uploads = [(wire.upload(k, local, versions[r]), weight)
-                       for k, (local, weight) in enumerate(self.uploads(held[before], r))]
+                       for k, local, weight in self.trained(held[before], r)]
             versions.append(step(r + 1, versions[before], uploads, versions[-1]).clone())
             held.append(wire.broadcast(versions[-1]))
             accuracy.append(self.accuracy(versions[-1]))

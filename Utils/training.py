@@ -1,7 +1,7 @@
 """A client's local training (E epochs of plain SGD from a given global model) and model evaluation.
 
 Every random choice of a round (sample order, augmentation, dropout) comes from a seed derived from
-(seed, rank, round, epoch), so any round can be replayed without saved client state (README, "The algorithm").
+(seed, client, round, epoch), so any round can be replayed without saved client state (README, "The algorithm").
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ IMAGE_EVAL_BATCH = 1000
 
 
 def derived_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed for a tuple such as (seed, rank, round, epoch)."""
+    """A well-mixed 63-bit seed for a tuple such as (seed, client, round, epoch)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
@@ -30,14 +30,14 @@ class LocalTrainer:
     """Trains one client's model on its own shard: E epochs of SGD(lr), no momentum, from a given start."""
 
     def __init__(self, model: nn.Module, data: ImageData | TextData, shard, *, batch_size: int, lr: float,
-                 epochs: int, seed: int, rank: int):
+                 epochs: int, seed: int, client: int):
         self.model = model
         self.text = isinstance(data, TextData)
         self.augment = not self.text and data.augment
         self.batch_size = batch_size
         self.epochs = epochs
         self.seed = seed
-        self.rank = rank
+        self.client = client   # 1..N: with one client per rank, its rank
         self.device = next(model.parameters()).device
         self.loss_fn = nn.CrossEntropyLoss()
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
@@ -59,8 +59,8 @@ class LocalTrainer:
         self.model.train()
         total_loss, num_batches = torch.zeros((), dtype=torch.float64), 0
         for epoch in range(self.epochs):
-            generator = torch.Generator().manual_seed(derived_seed(self.seed, self.rank, round_index, epoch))
-            torch.manual_seed(derived_seed(self.seed, self.rank, round_index, epoch, 1))  # dropout
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, self.client, round_index, epoch))
+            torch.manual_seed(derived_seed(self.seed, self.client, round_index, epoch, 1))  # dropout
             batches = self._text_batches(generator) if self.text else self._image_batches(generator)
             for inputs, targets in batches:
                 self.optimizer.zero_grad(set_to_none=True)

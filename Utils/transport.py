@@ -131,7 +131,7 @@ REPORT_FIELDS = tuple(f.name for f in fields(RoundReport))
 
 
 HELLO_SIZE = 5   # protocol version, then a 64-bit fingerprint as four 16-bit numbers (exact in float32)
-PROTOCOL_VERSION = 2.0   # 2: payloads may be compressed (--compress)
+PROTOCOL_VERSION = 3.0   # 2: payloads may be compressed (--compress); 3: a rank may host several clients
 
 
 def hello_message(fingerprint: bytes) -> torch.Tensor:

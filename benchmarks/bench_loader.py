@@ -64,7 +64,7 @@ def main() -> None:
     torch.manual_seed(SEED)
     model = build_model("mlp", data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
     start = flatten_model(model).clone()
-    trainer = LocalTrainer(model, data, shard, batch_size=BATCH_SIZE, lr=LR, epochs=1, seed=SEED, rank=1)
+    trainer = LocalTrainer(model, data, shard, batch_size=BATCH_SIZE, lr=LR, epochs=1, seed=SEED, client=1)
     bare_images = data.normalise(data.train_images[torch.as_tensor(shard)])
     bare_labels = data.train_labels[torch.as_tensor(shard)].contiguous()
 

@@ -277,7 +277,7 @@ def test_a_trainer_holds_exactly_its_shard_normalised():
     data = _image_data(60, 10)
     shard = np.array([3, 17, 42, 5])
     trainer = LocalTrainer(build_model("mlp", 10, in_channels=1, image_size=2), data, shard, batch_size=2,
-                           lr=0.1, epochs=1, seed=1, rank=1)
+                           lr=0.1, epochs=1, seed=1, client=1)
     assert torch.equal(trainer.labels, data.train_labels[shard])
     expected = (data.train_images[shard].float() / 255 - 0.5) / 0.25
     torch.testing.assert_close(trainer.images, expected, rtol=0, atol=1e-6)

@@ -135,4 +135,4 @@ def test_the_hang_deadline_is_timeout_then_several_rounds_with_a_floor():
 
 def test_the_hello_tells_fingerprints_apart():
     one, other = transport.hello_message(b"\x00\x01\x02\x03\x04\x05\x06\x07"), transport.hello_message(b"\xff" * 8)
-    assert one.tolist() == [2.0, 1.0, 515.0, 1029.0, 1543.0] and not torch.equal(one, other)
+    assert one.tolist() == [3.0, 1.0, 515.0, 1029.0, 1543.0] and not torch.equal(one, other)
