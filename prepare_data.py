@@ -12,9 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
-from Utils.datasets import DATASET_NAMES
-from Utils.prepare import prepare_dataset
+from Utils.data.datasets import DATASET_NAMES
+from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
+from Utils.data.prepare import prepare_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from Utils.datasets import ImageData
+from Utils.data.datasets import ImageData
+from Utils.data.text import TextData
 from Utils.flat import cpu_state_dict, load_flat_into_model, model_size
 from Utils.run_log import higher_is_better
-from Utils.text import TextData
 from Utils.training import evaluate, stage_test_set
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,10 @@ from Networks import build_model
 from Utils import transport
 from Utils.checkpoint import CheckpointError, read_checkpoint
 from Utils.config import RunConfig, device_for, nccl_sharing_refusal
-from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
-from Utils.datasets import DatasetSize, dataset_is_text, dataset_size, image_shape, load_dataset
+from Utils.data.datasets import DatasetSize, dataset_is_text, dataset_size, image_shape, load_dataset
+from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
+from Utils.data.partition import client_shards, limit_training_set, partition_tokens
+from Utils.data.prepare import ensure_dataset
 from Utils.flat import model_size
 from Utils.memory import (
     JobShape,
@@ -38,8 +40,6 @@ from Utils.memory import (
     memory_refusal,
     merge_state_copies,
 )
-from Utils.partition import client_shards, limit_training_set, partition_tokens
-from Utils.prepare import ensure_dataset
 from Utils.run_log import setup_logging
 
 log = logging.getLogger(__name__)

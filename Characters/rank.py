@@ -16,11 +16,11 @@ from Networks import build_model, describe_model
 from Utils import transport
 from Utils.checkpoint import result_options
 from Utils.config import RunConfig, device_for
-from Utils.datasets import load_dataset, unverified_note
+from Utils.data.datasets import load_dataset, unverified_note
+from Utils.data.partition import client_shards, limit_test_set, limit_training_set, shard_size
+from Utils.data.text import TextData
 from Utils.flat import model_size
-from Utils.partition import client_shards, limit_test_set, limit_training_set, shard_size
 from Utils.run_log import setup_logging
-from Utils.text import TextData
 from Utils.training import LocalTrainer
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,8 @@ from Utils.aggregation import (
 from Utils.checkpoint import CheckpointError, CheckpointWriter, checkpoint_options, read_checkpoint
 from Utils.compression import decode, encode, part_specs
 from Utils.config import RunConfig
-from Utils.datasets import ImageData
+from Utils.data.datasets import ImageData
+from Utils.data.text import TextData
 from Utils.federation import host_rank
 from Utils.flat import buffer_size, cpu_state_dict, flatten_model, load_flat_into_model, model_size
 from Utils.memory import reset_peak_resident, resident_mb
@@ -48,7 +49,6 @@ from Utils.run_log import (
     higher_is_better,
     summarise_rows,
 )
-from Utils.text import TextData
 from Utils.transport import RoundReport
 
 log = logging.getLogger(__name__)

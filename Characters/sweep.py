@@ -13,7 +13,7 @@ from pathlib import Path
 
 from Characters.launch import EXIT_INTERRUPTED, exit_process, launch
 from Utils.config import RunConfig, SearchConfig
-from Utils.datasets import dataset_is_text
+from Utils.data.datasets import dataset_is_text
 from Utils.run_log import higher_is_better
 
 log = logging.getLogger(__name__)

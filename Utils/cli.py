@@ -24,7 +24,7 @@ from Utils.config import (
     client_value,
     nccl_sharing_refusal,
 )
-from Utils.datasets import dataset_is_text, image_shape
+from Utils.data.datasets import dataset_is_text, image_shape
 from Utils.federation import clients_per_round
 
 EPILOG = """\

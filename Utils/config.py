@@ -21,8 +21,8 @@ from Networks import MODEL_NAMES
 from Utils import federation
 from Utils.aggregation import CLIENT_MERGE, COMPENSATIONS
 from Utils.compression import COMPRESSIONS
-from Utils.datasets import DATASET_NAMES
-from Utils.partition import PARTITION_SCHEMES
+from Utils.data.datasets import DATASET_NAMES
+from Utils.data.partition import PARTITION_SCHEMES
 
 FEDAVG, ASYNC = "FedAvg", "AsyncFedAvg"   # the entry scripts, as RunConfig.script names them
 

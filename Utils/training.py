@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from Utils.datasets import ImageData, augment_batch
+from Utils.data.datasets import ImageData, augment_batch
+from Utils.data.text import BPTT, TextData, batchify, get_bptt_batch
 from Utils.flat import flatten_model, load_flat_into_model
-from Utils.text import BPTT, TextData, batchify, get_bptt_batch
 
 TEXT_GRAD_CLIP = 0.25   # pytorch/examples word_language_model, as the official code
 TEXT_EVAL_BATCH = 10

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from jobs import add_job_options, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
 
 from Networks import build_model  # noqa: E402
-from Utils.datasets import load_dataset  # noqa: E402
-from Utils.partition import limit_training_set, partition_samples  # noqa: E402
+from Utils.data.datasets import load_dataset  # noqa: E402
+from Utils.data.partition import limit_training_set, partition_samples  # noqa: E402
 
 SECTIONS = ("accuracy", "overhead")
 SEED, LR, BATCH_SIZE, PARTITION = 2020, 0.01, 32, "noniid"

@@ -22,10 +22,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from Networks import build_model  # noqa: E402
-from Utils.datasets import load_dataset  # noqa: E402
+from Utils.data.datasets import load_dataset  # noqa: E402
+from Utils.data.partition import iid_partition  # noqa: E402
+from Utils.data.prepare import import_dataset, is_prepared  # noqa: E402
 from Utils.flat import flatten_model, load_flat_into_model  # noqa: E402
-from Utils.partition import iid_partition  # noqa: E402
-from Utils.prepare import import_dataset, is_prepared  # noqa: E402
 from Utils.training import LocalTrainer  # noqa: E402
 
 BATCH_SIZE, LR, SEED, NUM_CLIENTS = 32, 0.01, 2020, 4

@@ -36,9 +36,9 @@ METHODS = {"fedavg": ("FedAvg.py", []), "secant": ("AsyncFedAvg.py", ["--compens
            "merge": ("AsyncFedAvg.py", ["--compensation", "local"])}
 
 from Networks import MODEL_NAMES, build_model  # noqa: E402
-from Utils.datasets import DATASET_NAMES, dataset_is_text, load_dataset  # noqa: E402
+from Utils.data.datasets import DATASET_NAMES, dataset_is_text, load_dataset  # noqa: E402
+from Utils.data.text import BPTT  # noqa: E402
 from Utils.flat import model_size  # noqa: E402
-from Utils.text import BPTT  # noqa: E402
 
 SEED = 2020
 MB = 2**20   # as train.log's figure (kB / 1024)

@@ -8,7 +8,7 @@ Two measurements, written to docs/compensation-limits.md:
    log(1 - a) / (2 log rho) of FedAvg's time there (an Overlap round costs T, a FedAvg round 2T when upload
    + download take T). The script searches a grid of (C, mu, server_lr) for the setting whose slowest
    direction is fastest, over a from 0.01 (flat) to 0.9 (stiff).
-2. The real MNIST jobs, replayed in one process (Utils.replay, the same numbers as FedAvg.py /
+2. The real MNIST jobs, replayed in one process (Utils.tools.replay, the same numbers as FedAvg.py /
    AsyncFedAvg.py), with server updates that know g(w): the pseudo-gradient the uploads would have had had
    they started from w, obtained by training the clients from w a second time. A server cannot do that (it
    holds no data); these rows bound what any estimate of C from the server's information can reach:
@@ -42,7 +42,7 @@ from ablation import modelled_ratio, rounds_to  # noqa: E402
 from bench_time_to_accuracy import NUM_CLIENTS, SETTINGS  # noqa: E402
 
 from Utils.aggregation import compensated_gradient, secant_coefficient  # noqa: E402
-from Utils.replay import ScheduleReplay, ServerStep, Uploads, server_update_step, uploads_average  # noqa: E402
+from Utils.tools.replay import ScheduleReplay, ServerStep, Uploads, server_update_step, uploads_average  # noqa: E402
 
 CONTRACTIONS = (0.01, 0.03, 0.1, 0.3, 0.6, 0.9)   # a: flat ... stiff directions
 

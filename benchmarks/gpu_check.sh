@@ -70,7 +70,7 @@ EOF
 
 # Data: MNIST for the tests and the official commands, CIFAR-10 for the slice.
 for dataset in mnist cifar10; do
-    if ! "$PYTHON" -c "import sys; from Utils.prepare import is_prepared; sys.exit(0 if is_prepared('$dataset', '$DATA_DIR') else 1)"; then
+    if ! "$PYTHON" -c "import sys; from Utils.data.prepare import is_prepared; sys.exit(0 if is_prepared('$dataset', '$DATA_DIR') else 1)"; then
         "$PYTHON" prepare_data.py --dataset "$dataset" --data_dir "$DATA_DIR" ${SOURCE:+--source "$SOURCE"} \
             || { echo "gpu_check.sh: $dataset is not in $DATA_DIR and could not be prepared; set SOURCE" >&2; exit 2; }
     fi

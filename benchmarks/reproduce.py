@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 from jobs import JobResult, Link, job_output_path, run_job, steady_mean  # noqa: E402
 
-from Utils.prepare import is_prepared  # noqa: E402
+from Utils.data.prepare import is_prepared  # noqa: E402
 
 NUM_CLIENTS = 4
 PILOT_ROUNDS = 3

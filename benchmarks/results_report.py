@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from jobs import read_metrics  # noqa: E402
 
-from Utils.plot import plot_panels, read_run  # noqa: E402
 from Utils.run_log import higher_is_better, time_to_target_s  # noqa: E402
+from Utils.tools.plot import plot_panels, read_run  # noqa: E402
 
 TARGET_LEVELS = (0.90, 0.98)   # of FedAvg's best accuracy (perplexity: 2 - level times its best)
 # What a model that learned nothing scores: accuracy 1 / classes; perplexity the vocabulary size (uniform).

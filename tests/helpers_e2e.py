@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import ROOT
 
 from Utils.aggregation import CLIENT_MERGE
-from Utils.replay import ScheduleReplay, server_update_step
+from Utils.tools.replay import ScheduleReplay, server_update_step
 
 # A small MNIST job: 3 processes (server + 2 clients), a 6,000-sample subset, few rounds.
 QUICK_MNIST = ("--dataset", "mnist", "--model", "mlp", "--world_size", "3", "--max_train_samples", "6000",
@@ -69,7 +69,7 @@ def wait_until_gone(tag: str, within_s: float = 15.0) -> list[int]:
 def replay_schedule(data_root: Path, rounds: int, *, overlap: bool, merge_weight: float = 1.0,
                     compression: str = "none", topk_ratio: float = 0.05, num_clients: int = 2,
                     clients_per_round: int | None = None, **server_options) -> list[float]:
-    """QUICK_MNIST's schedule in one process (Utils.replay): the test accuracy of G_1..G_rounds."""
+    """QUICK_MNIST's schedule in one process (Utils.tools.replay): the test accuracy of G_1..G_rounds."""
     replay = ScheduleReplay(data_root, num_clients=num_clients, max_train_samples=6000, compression=compression,
                             topk_ratio=topk_ratio, clients_per_round=clients_per_round)
     step = server_update_step(replay.initial, overlap=overlap, **server_options)

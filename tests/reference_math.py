@@ -1,4 +1,4 @@
-"""Plain, unoptimised reference versions of the server math, written straight from DESIGN §3.
+"""Plain, unoptimised reference versions of the server math, written straight from the README's section "The algorithm".
 
 The project computes these in streaming form (Utils/aggregation.py) and through Optimizer.SGD; the tests
 compare against these.

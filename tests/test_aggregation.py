@@ -1,4 +1,4 @@
-"""The server update of DESIGN §3: closed forms, hand-computed values, torch.optim.SGD, staleness."""
+"""The server update (README, "The algorithm"): closed forms, hand-computed values, torch.optim.SGD, staleness."""
 import pytest
 import torch
 from reference_math import nesterov_reference, weighted_average
@@ -197,7 +197,7 @@ def quadratic_uploads(server: ServerUpdate, optima, rate: float) -> list[torch.T
 
 @pytest.mark.parametrize("rate", [0.3, 0.6])
 def test_exact_coefficient_makes_the_stale_pipeline_fedavg(rate):
-    """DESIGN §3: with C = a (the fraction of the way one round goes) the one-version-stale update
+    """With C = a (the fraction of the way one round goes) the one-version-stale update
     reproduces FedAvg's progress per round: g_c = a (prev - opt) + a (w - prev) = a (w - opt)."""
     optima = [initial_model(seed) for seed in (1, 2, 3)]
     weights = client_weights([20, 50, 30])
@@ -320,7 +320,7 @@ def test_server_update_matches_torch_nesterov():
 # ---- staleness and bookkeeping --------------------------------------------------------------------
 
 def test_staleness_bookkeeping_follows_design_pseudo_code():
-    """prev runs G_0, G_0, G_1, G_2; the global models equal a literal loop of the DESIGN §3 pseudo-code."""
+    """prev runs G_0, G_0, G_1, G_2; the global models equal a literal loop of the README's pseudo-code."""
     mu, lr, lambd = 0.5, 0.7, 2.0
     weights, deltas = client_weights([30, 50, 20]), random_deltas(4, 3, scale=0.3)
     g0 = initial_model()

@@ -1,4 +1,4 @@
-"""Utils/datasets.py, Utils/prepare.py, Utils/image_files.py and Utils/text.py: the real data of
+"""Utils/data/datasets.py, Utils/data/prepare.py, Utils/data/image_files.py and Utils/data/text.py: the real data of
 ../shared/data, generated files in the real on-disk formats (EMNIST idx, CIFAR pickles), the uint8 cache,
 augmentation, offline (with and without a local copy) and broken inputs."""
 from __future__ import annotations
@@ -19,11 +19,11 @@ import torch.nn.functional as F
 import torchvision
 from conftest import require_shared
 
-import Utils.prepare as prepare_module
-from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
-from Utils.datasets import DATASET_NAMES, ImageData, augment_batch, dataset_is_text, load_dataset, unverified_note
-from Utils.prepare import SOURCE_ENV, ensure_dataset, import_dataset, is_prepared, local_copy
-from Utils.text import TextData, batchify, get_bptt_batch, load_text_corpus
+import Utils.data.prepare as prepare_module
+from Utils.data.datasets import DATASET_NAMES, ImageData, augment_batch, dataset_is_text, load_dataset, unverified_note
+from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
+from Utils.data.prepare import SOURCE_ENV, ensure_dataset, import_dataset, is_prepared, local_copy
+from Utils.data.text import TextData, batchify, get_bptt_batch, load_text_corpus
 
 # torchvision 0.29 deprecates its JPEG codec in favour of TorchCodec (not a dependency): still used here.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -283,7 +283,7 @@ def test_offline_a_missing_dataset_is_imported_from_the_local_copy(tmp_path, no_
     source = tmp_path / "copies"
     upright = make_mnist(source / "mnist", gz=True)
     monkeypatch.setenv(SOURCE_ENV, str(source))
-    with caplog.at_level(logging.INFO, logger="Utils.prepare"):
+    with caplog.at_level(logging.INFO, logger="Utils.data.prepare"):
         ensure_dataset("mnist", tmp_path / "data")
     assert f"mnist: no network; importing from {source / 'mnist'}" in caplog.messages
     assert no_network   # a download was tried first

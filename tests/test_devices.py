@@ -12,7 +12,8 @@ from test_cli import run_entry
 import Characters.rank as rank_module
 from Networks import build_model
 from Utils.config import RunConfig, device_for, nccl_sharing_refusal
-from Utils.datasets import ImageData
+from Utils.data.datasets import ImageData
+from Utils.data.text import TextData
 from Utils.flat import cpu_state_dict
 from Utils.memory import (
     CUDA_CONTEXT_BYTES,
@@ -22,7 +23,6 @@ from Utils.memory import (
     device_memory_bytes,
     device_memory_refusal,
 )
-from Utils.text import TextData
 from Utils.training import stage_test_set
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")

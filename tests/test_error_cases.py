@@ -3,7 +3,7 @@ and no traceback. Each case runs the real command in a fresh interpreter, as a u
 
 The cases other tests already run end to end are not repeated (docs/errors.md names the tests of each
 group): a crashed or killed rank, a diverged run, a busy port, a partition too small, --out_dir a file and
-Ctrl-C (test_failures.py); the parser's messages (test_cli.py), prepare_data.py's and Utils.plot's other
+Ctrl-C (test_failures.py); the parser's messages (test_cli.py), prepare_data.py's and Utils.tools.plot's other
 errors (test_prepare_data.py, test_plot.py) run in process there.
 """
 import subprocess
@@ -90,9 +90,9 @@ CASES = [
     ("run directory below a file", ["FedAvg.py", *TINY, "--data_dir", "{mnist}", "--out_dir", "{tmp}/a-file/run"],
      1, "stderr", ("[launcher] ERROR rank 0 failed", "NotADirectoryError", "the job was stopped"), _file, True),
     # Tools.
-    ("plot to a PDF", ["-m", "Utils.plot", "{tmp}", "--out", "{tmp}/plot.pdf"], 2, "stderr",
+    ("plot to a PDF", ["-m", "Utils.tools.plot", "{tmp}", "--out", "{tmp}/plot.pdf"], 2, "stderr",
      "the plot is written as PNG; give a file name ending in .png", None, False),
-    ("plot of an unevaluated run", ["-m", "Utils.plot", "{tmp}/run", "--out", "{tmp}/plot.png"], 2, "stderr",
+    ("plot of an unevaluated run", ["-m", "Utils.tools.plot", "{tmp}/run", "--out", "{tmp}/plot.png"], 2, "stderr",
      "metrics.csv: no evaluated round to plot (was it run with --eval_every 0?)", _unevaluated_run, False),
     ("prepare from a folder without it", ["prepare_data.py", "--dataset", "mnist", "--source", "{tmp}",
                                           "--data_dir", "{tmp}/data"], 1, "stdout",

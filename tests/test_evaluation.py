@@ -4,7 +4,7 @@ import torch
 
 from Characters.evaluation import BackgroundEvaluator, max_pending_snapshots
 from Networks import build_model
-from Utils.datasets import ImageData
+from Utils.data.datasets import ImageData
 from Utils.flat import flatten_model, load_flat_into_model
 from Utils.training import evaluate
 

@@ -120,8 +120,8 @@ def test_runs_as_separate_processes_started_through_the_environment(mnist_root, 
 
 def test_a_seeded_test_subset_is_what_the_server_evaluates(mnist_root, tmp_path):
     """--test_samples: every round's metrics are those of the saved model on the seeded subset."""
-    from Utils.datasets import load_dataset
-    from Utils.partition import limit_test_set
+    from Utils.data.datasets import load_dataset
+    from Utils.data.partition import limit_test_set
     from Utils.training import evaluate
     done = run_job("FedAvg.py", *QUICK_MNIST, "--max_epoch", "2", "--test_samples", "700",
                    out_dir=tmp_path / "run", data_dir=mnist_root)

@@ -1,4 +1,5 @@
-"""Imports point one way (DESIGN §6): entry scripts -> Characters -> Utils, Networks, Optimizer; no cycles."""
+"""Imports point one way: entry scripts -> Characters -> Utils, Networks, Optimizer; no cycles; the data package
+knows nothing of the algorithm, and the job never imports the tools."""
 import ast
 from pathlib import Path
 
@@ -15,7 +16,7 @@ def module_name(path: Path) -> str:
 
 def project_imports() -> dict[str, set[str]]:
     """Every project module and the project modules it imports anywhere in its body (lazy imports too)."""
-    modules = {module_name(p): p for package in PACKAGES for p in (ROOT / package).glob("*.py")}
+    modules = {module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
     graph = {}
     for name, path in modules.items():
         found = set()
@@ -65,7 +66,7 @@ def test_no_import_cycles():
 def test_only_transport_imports_torch_distributed():
     users = []
     for package in PACKAGES:
-        for path in (ROOT / package).glob("*.py"):
+        for path in (ROOT / package).rglob("*.py"):
             text = path.read_text()
             if "torch.distributed" in text and "import" in text and path.name != "transport.py":
                 tree = ast.parse(text)
@@ -74,3 +75,17 @@ def test_only_transport_imports_torch_distributed():
                 if any(n.startswith("torch.distributed") for n in names):
                     users.append(module_name(path))
     assert users == []
+
+
+def test_the_data_package_imports_only_itself():
+    """Utils.data is the bottom layer of the helpers: datasets, formats, partitions, nothing of the method."""
+    wrong = {name: sorted(d for d in deps if not d.startswith("Utils.data"))
+             for name, deps in project_imports().items() if name.startswith("Utils.data")}
+    assert not {name: deps for name, deps in wrong.items() if deps}
+
+
+def test_the_job_never_imports_the_tools():
+    """Utils.tools (plot, replay) use the job's modules; no module of the job uses them."""
+    wrong = {name: sorted(d for d in deps if d.startswith("Utils.tools"))
+             for name, deps in project_imports().items() if not name.startswith("Utils.tools")}
+    assert not {name: deps for name, deps in wrong.items() if deps}

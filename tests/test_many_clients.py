@@ -11,7 +11,7 @@ from Utils import transport
 from Utils.federation import clients_per_round, host_rank, hosted_clients, last_sampled_round, round_sample
 from Utils.flat import model_size
 from Utils.memory import hosted_client_copies
-from Utils.replay import ScheduleReplay, server_update_step
+from Utils.tools.replay import ScheduleReplay, server_update_step
 
 MANY = ("--num_clients", "6", "--clients_per_round", "3")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import require_shared
-from Utils.partition import (
+from Utils.data.partition import (
     PARTITION_SCHEMES,
     SHARD_SIZE,
     TEXT_SCHEMES,
@@ -240,7 +240,7 @@ def test_describe_partition():
 # --- subsets of a loaded dataset ---------------------------------------------------------------
 
 def _image_data(num_train: int, num_test: int):
-    from Utils.datasets import ImageData
+    from Utils.data.datasets import ImageData
     pixels = torch.arange(num_train + num_test, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
     labels = torch.arange(num_train + num_test) % 10
     return ImageData("mnist", pixels[:num_train], labels[:num_train], pixels[num_train:], labels[num_train:],
@@ -248,7 +248,7 @@ def _image_data(num_train: int, num_test: int):
 
 
 def test_test_subset_is_seeded_sorted_and_keeps_images_with_labels():
-    from Utils.partition import limit_test_set
+    from Utils.data.partition import limit_test_set
     data = _image_data(20, 100)
     subset = limit_test_set(data, 30, seed=7)
     again, other = limit_test_set(data, 30, seed=7), limit_test_set(data, 30, seed=8)
@@ -262,8 +262,8 @@ def test_test_subset_is_seeded_sorted_and_keeps_images_with_labels():
 
 
 def test_test_subset_of_text_is_a_seeded_contiguous_span():
-    from Utils.partition import limit_test_set
-    from Utils.text import TextData
+    from Utils.data.partition import limit_test_set
+    from Utils.data.text import TextData
     data = TextData("ptb", torch.arange(50), torch.arange(5), torch.arange(1000), ["w"] * 1000)
     span = limit_test_set(data, 100, seed=3).test_tokens
     assert len(span) == 100 and torch.equal(span, torch.arange(span[0], span[0] + 100))

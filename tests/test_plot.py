@@ -1,4 +1,4 @@
-"""Utils/plot.py: runs drawn against round and wall-clock into a small PNG, labelled by method."""
+"""Utils/tools/plot.py: runs drawn against round and wall-clock into a small PNG, labelled by method."""
 import csv
 import json
 import os
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from Utils import plot
+from Utils.tools import plot
 
 
 def make_run(path, overlap: bool, metric: str = "accuracy", **config):

@@ -19,7 +19,7 @@ from test_datasets import (
 )
 
 import prepare_data
-from Utils.datasets import DATASET_NAMES, load_dataset
+from Utils.data.datasets import DATASET_NAMES, load_dataset
 
 __all__ = ["no_local_copy", "no_network"]   # fixtures of test_datasets, requested by name below
 

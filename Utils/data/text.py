@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from Utils.data_errors import DatasetCorruptError
+from Utils.data.errors import DatasetCorruptError
 
 BPTT = 35
 EOS = "<eos>"

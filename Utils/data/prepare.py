@@ -1,5 +1,5 @@
 """Prepare datasets on disk once, so that training needs no network: download them, import local copies,
-and write the uint8 caches that Utils/datasets.py reads (its docstring gives the layout).
+and write the uint8 caches that Utils/data/datasets.py reads (its docstring gives the layout).
 
 ensure_dataset (the launcher calls it before any rank starts) builds the caches from files in place, or
 downloads the dataset (torchvision for images, requests for text), or, when that is impossible for lack
@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
-from Utils.datasets import (
+from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
+from Utils.data.datasets import (
     IMAGE_SPECS,
     SPLITS,
     TEXT_SPECS,
@@ -43,7 +43,7 @@ from Utils.datasets import (
     read_cache,
     split_problem,
 )
-from Utils.image_files import (
+from Utils.data.image_files import (
     cifar_batch_files,
     gunzip,
     idx_file_names,
@@ -56,7 +56,7 @@ from Utils.image_files import (
 log = logging.getLogger(__name__)
 
 SOURCE_ENV = "OVERLAP_FEDAVG_DATA_SOURCE"   # a folder laid out as ../shared/data, imported from when offline
-DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data"   # ../shared/data of the checkout
+DEFAULT_SOURCE = Path(__file__).resolve().parents[2].parent / "shared" / "data"   # ../shared/data of the checkout
 NETWORK_TIMEOUT_S = 60.0   # per socket operation of a download (connect, each read)
 PROBE_TIMEOUT_S = 5.0      # for the first connection to a download host: longer means no network
 

@@ -1,6 +1,6 @@
 """Plot runs against each other: test metric per round and per second of wall-clock, into one PNG.
 
-    python -m Utils.plot RUN_DIR [RUN_DIR ...] --out FILE.png [--title TEXT]
+    python -m Utils.tools.plot RUN_DIR [RUN_DIR ...] --out FILE.png [--title TEXT]
 
 Each RUN_DIR is a run directory (config.json and metrics.csv). The left panel shows the metric against the
 round, the right one against seconds since launch (wall_s: when each global model existed, so evaluation
@@ -108,7 +108,7 @@ def plot_panels(by_round_curves: list[RunCurve], by_time_curves: list[RunCurve],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m Utils.plot", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m Utils.tools.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories to compare")
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")

@@ -7,7 +7,7 @@ The data root (default ./data) uses torchvision's layout, so torchvision finds t
 Beside each image dataset's files sits a uint8 cache per split (e.g. MNIST/cache-train.pt): a dict of
 images (N, C, H, W) uint8, labels int64 (N,), and provenance ("source": "torchvision" or
 "imported from DIR", "verified": whether torchvision's checksums of the source files passed). Training
-reads only these caches: no PIL, no pickles, no per-sample transforms. Utils/prepare.py writes them
+reads only these caches: no PIL, no pickles, no per-sample transforms. Utils/data/prepare.py writes them
 (download, import); nothing here touches the network. A dataset is one entry of IMAGE_SPECS or TEXT_SPECS.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from Utils.data_errors import DatasetCorruptError, DatasetUnavailableError
-from Utils.text import EOS, TextData, load_text_corpus
+from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
+from Utils.data.text import EOS, TextData, load_text_corpus
 
 SPLITS = ("train", "test")
 
@@ -146,7 +146,7 @@ def prepare_hint(name: str, root: Path | None = None) -> str:
 def load_dataset(name: str, data_dir: str | Path = "./data") -> ImageData | TextData:
     """Load a prepared dataset: text into memory, images memory-mapped as uint8 (see ImageData).
 
-    Utils/prepare.py prepares it; the launchers call it first.
+    Utils/data/prepare.py prepares it; the launchers call it first.
 
     Raises ValueError for an unknown name, DatasetUnavailableError when it is not prepared,
     DatasetCorruptError for a broken file.

@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from Utils.text import TextData
+from Utils.data.text import TextData
 
 PARTITION_SCHEMES = ("iid", "noniid", "pathological", "dirichlet")
 TEXT_SCHEMES = ("iid", "noniid", "dirichlet")   # pathological needs labels

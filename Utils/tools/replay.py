@@ -22,10 +22,10 @@ from Utils.aggregation import (
     uploads_are_stale,
 )
 from Utils.compression import ErrorFeedback, decode, encode
-from Utils.datasets import load_dataset
+from Utils.data.datasets import load_dataset
+from Utils.data.partition import client_shards, limit_training_set
 from Utils.federation import round_sample
 from Utils.flat import flatten_model, load_flat_into_model
-from Utils.partition import client_shards, limit_training_set
 from Utils.training import LocalTrainer, evaluate
 
 # Every client's upload of a round with its weight: [(L_k, p_k), ...]
