@@ -29,6 +29,7 @@ from Utils.checkpoint import read_client_state, write_client_state
 from Utils.compression import ErrorFeedback, decode, part_specs
 from Utils.config import RunConfig
 from Utils.federation import last_sampled_round
+from Utils.memory import resident_mb
 from Utils.training import LocalTrainer
 from Utils.transport import RoundReport
 
@@ -127,7 +128,8 @@ def run_client(cfg: RunConfig, rank: int, trainers: dict[int, LocalTrainer], mod
         if pending is not None and receive_next_global(pending):
             return
         # The last job's figures, for the server's last metrics row.
-        transport.send(RoundReport(comm_wait_s=last_wait_s, comm_s=last_comm_s).to_tensor(), transport.SERVER_RANK)
+        transport.send(transport.pack_final_report(RoundReport(comm_wait_s=last_wait_s, comm_s=last_comm_s),
+                                                   resident_mb()), transport.SERVER_RANK)
     finally:
         comm.close()
 

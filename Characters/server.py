@@ -130,6 +130,8 @@ class _Server:
         self.last_uploads: list[torch.Tensor] = []
         self.last_sent = 0.0
         self.waited_for: int | None = None   # the round's straggler (waited_for)
+        self.client_peaks_mb: list[float | None] = [None] * cfg.client_ranks   # from their final reports
+        self.evaluation_tail_s: float | None = None   # evaluation still running after the last round
         self.deadline = transport.HangDeadline(cfg.timeout)
         evaluates = cfg.eval_every > 0 or cfg.early_stop is not None
         self.evaluator = BackgroundEvaluator(model, data, self.metric, self.out_dir / "best_model.pt",
@@ -270,8 +272,9 @@ class _Server:
         self.checkpoints.wait()
         if self.evaluator is not None:
             self.evaluator.close()
-            if time.time() - rounds_done > 1.0:
-                log.info("evaluation finished %.1f s after the last round", time.time() - rounds_done)
+            self.evaluation_tail_s = time.time() - rounds_done
+            if self.evaluation_tail_s > 1.0:
+                log.info("evaluation finished %.1f s after the last round", self.evaluation_tail_s)
         self.writer.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
@@ -291,6 +294,10 @@ class _Server:
         content = {"script": cfg.script, "dataset": cfg.dataset, "model": cfg.model, "world_size": cfg.world_size,
                    "seed": cfg.seed, "metric": self.metric, "wall_s": summary["wall_s"],
                    "stopped_early": summary["stopped_early"], **figures,
+                   "client_samples": self.num_samples, "evaluation_tail_s": self.evaluation_tail_s,
+                   # peak resident memory (VmHWM, MB) by rank: the server's over the rounds, each client rank's
+                   # over its life (null: not reported, as after an early stop)
+                   "peak_resident_mb": [resident_mb(), *self.client_peaks_mb],
                    **({"diverged": diverged} if diverged else {})}
         staging = self.out_dir / "summary.json.tmp"
         staging.write_text(json.dumps(content, indent=2) + "\n")
@@ -403,13 +410,14 @@ class _Server:
             self.write_row(entry.row, entry.reports)
 
     def receive_final_reports(self) -> list[RoundReport]:
-        """After the final download each client rank reports its last communication job."""
-        message = torch.empty(len(transport.REPORT_FIELDS))
+        """After the final download each client rank reports its last communication job and its peak memory."""
+        message = torch.empty(transport.FINAL_REPORT_SIZE)
         reports = []
         for rank in self.ranks:
             transport.recv(message, rank, timeout_s=self.deadline.seconds,
                            waiting_for=f" (the server was waiting for client rank {rank}'s last report)")
-            reports.append(RoundReport.from_tensor(message))
+            report, self.client_peaks_mb[rank - 1] = transport.unpack_final_report(message)
+            reports.append(report)
         return reports
 
     def write_row(self, row: dict, reports: list[RoundReport] | None) -> None:

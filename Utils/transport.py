@@ -11,7 +11,8 @@ float32 tensor sent point to point. The message format lives here and nowhere el
               merge sends each client its own start                           download_size(numel)
     download  a payload: the global model, or with --compress the global model less what the clients
               hold; then one flag: CONTINUE or STOP                           download_size(payload words)
-    report    a RoundReport alone: a client's last job, after the final download
+    report    a client rank's last job (a RoundReport), then its peak resident memory in MB, after the
+              final download                                                  FINAL_REPORT_SIZE
     hello     a client's fingerprint (HELLO_SIZE numbers), first of all: the server refuses a client whose
               options or model differ from its own, before any model of another size is sent
 
@@ -128,6 +129,16 @@ class RoundReport:
 
 
 REPORT_FIELDS = tuple(f.name for f in fields(RoundReport))
+FINAL_REPORT_SIZE = len(REPORT_FIELDS) + 1
+
+
+def pack_final_report(report: RoundReport, peak_resident_mb: float) -> torch.Tensor:
+    """A client rank's last message: its last communication job and its peak resident memory (MB)."""
+    return torch.cat([report.to_tensor(), torch.tensor([peak_resident_mb], dtype=torch.float32)])
+
+
+def unpack_final_report(message: torch.Tensor) -> tuple[RoundReport, float]:
+    return RoundReport.from_tensor(message[:-1]), float(message[-1])
 
 
 HELLO_SIZE = 5   # protocol version, then a 64-bit fingerprint as four 16-bit numbers (exact in float32)
