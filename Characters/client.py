@@ -61,12 +61,12 @@ def run_client(cfg: RunConfig, rank: int, trainers: dict[int, LocalTrainer], mod
     # G_0, or where a resumed run continues: FedAvg trains round r+1 from G_r; Overlap from G_{r-1} (merging: the
     # clients of the last round from their own starts, which follow), and G_r follows as an ordinary download,
     # as it would have after round r's upload.
-    shared_start, first_round = transport.unpack_start(download(transport.download_size(model_numel)), model_numel)
+    shared_start, rounds_done = transport.unpack_start(download(transport.download_size(model_numel)), model_numel)
     global_model = shared_start   # the newest global model held (until a resumed run's download replaces it)
     # The client merge: the clients of the last round start the next from their own merged start.
     carried: dict[int, torch.Tensor] = {}
-    if first_round > 0:
-        carried = restore_clients(cfg, rank, first_round, feedback, download)
+    if rounds_done > 0:
+        carried = restore_clients(cfg, rounds_done, feedback, download)
     last_wait_s = last_comm_s = math.nan   # the previous exchange: trainer blocked, job duration
     deadline = transport.HangDeadline(cfg.timeout)
 
@@ -74,7 +74,7 @@ def run_client(cfg: RunConfig, rank: int, trainers: dict[int, LocalTrainer], mod
         """Wait for an exchange and keep the global model it brought; True when the server says stop."""
         nonlocal global_model, last_wait_s, last_comm_s
         waited_from = time.perf_counter()
-        message = job.wait(deadline.seconds, f" (client rank {rank}, in its round {round_index + 1}, was waiting "
+        message = job.wait(deadline.seconds, f" (client rank {rank}, in its round {round_number}, was waiting "
                                              f"for a global model)")
         last_wait_s, last_comm_s = time.perf_counter() - waited_from, job.seconds
         payload, stop = transport.unpack_download(message, words)
@@ -85,22 +85,22 @@ def run_client(cfg: RunConfig, rank: int, trainers: dict[int, LocalTrainer], mod
         transport.finite_global_model(global_model)
         return stop
 
-    pending: transport.Job | None = comm.submit(download) if cfg.overlap and first_round > 0 else None
+    pending: transport.Job | None = comm.submit(download) if cfg.overlap and rounds_done > 0 else None
     try:
-        round_index = first_round
-        for round_index in range(first_round, cfg.max_epoch):
-            fault = injected_fault(rank, round_index)
+        round_number = rounds_done
+        for round_number in range(rounds_done + 1, cfg.max_epoch + 1):   # round r's uploads make G_r
+            fault = injected_fault(rank, round_number)
             act_out(fault, "train")
             started = time.perf_counter()
             trained = []   # (client, its start, its trained model, report) for the round's sampled clients
-            for client in sampled_here(cfg, trainers, round_index):
+            for client in sampled_here(cfg, trainers, round_number):
                 client_started = time.perf_counter()
                 start = carried.get(client, shared_start)
-                local, train_loss = trainers[client].train_round(start, round_index)
+                local, train_loss = trainers[client].train_round(start, round_number)
                 if slowdown > 1:   # --slowdown: a client k times slower, emulated by waiting
                     time.sleep((slowdown - 1) * (time.perf_counter() - client_started))
                 trained.append((client, start, local, train_loss, time.perf_counter() - client_started))
-            # Overlap: G_r arrives while (or after) round r+1 trains.
+            # Overlap: G_{r-1} arrives while (or after) round r trains.
             if pending is not None and receive_next_global(pending):
                 return
             uploads, carried = [], {}
@@ -112,7 +112,7 @@ def run_client(cfg: RunConfig, rank: int, trainers: dict[int, LocalTrainer], mod
                 if cfg.compress != "none":
                     sent = transport.pack_payload(feedback[client].compress(sent - global_model)[0])
                     # on disk before the upload leaves: a checkpoint that counts this upload always finds it
-                    write_client_state(run_dir, client, round_index,
+                    write_client_state(run_dir, client, round_number,
                                        {"residual": feedback[client].residual,
                                         **({"start": carried[client]} if cfg.client_merge else {})})
                 uploads.append(transport.pack_upload(sent, RoundReport(train_loss, train_s, last_wait_s,
@@ -134,21 +134,21 @@ def run_client(cfg: RunConfig, rank: int, trainers: dict[int, LocalTrainer], mod
         comm.close()
 
 
-def sampled_here(cfg: RunConfig, trainers: dict[int, LocalTrainer], round_index: int) -> list[int]:
-    """The clients of this rank that train in round `round_index`, in client order."""
-    return [client for client in cfg.round_clients(round_index) if client in trainers]
+def sampled_here(cfg: RunConfig, trainers: dict[int, LocalTrainer], round_number: int) -> list[int]:
+    """The clients of this rank that train in round `round_number`, in client order."""
+    return [client for client in cfg.round_clients(round_number) if client in trainers]
 
 
-def restore_clients(cfg: RunConfig, rank: int, first_round: int, feedback: dict[int, ErrorFeedback],
+def restore_clients(cfg: RunConfig, rounds_done: int, feedback: dict[int, ErrorFeedback],
                     download) -> dict[int, torch.Tensor]:
     """A resumed run: each hosted client's own state as of its last upload that the server's checkpoint counts,
-    and the merged starts of those that trained in the round before `first_round` (the server sends them,
-    uncompressed; compressed, each client saved its own)."""
-    last_round = cfg.round_clients(first_round - 1)
+    and the merged starts of those that trained in round `rounds_done` (the server sends them, uncompressed;
+    compressed, each client saved its own)."""
+    last_round = cfg.round_clients(rounds_done)
     carried = {}
     for client in feedback:
         if cfg.compress != "none":
-            sampled = last_sampled_round(client, first_round, cfg.federation_size, cfg.sampled_per_round, cfg.seed)
+            sampled = last_sampled_round(client, rounds_done, cfg.federation_size, cfg.sampled_per_round, cfg.seed)
             if sampled is not None:
                 saved = read_client_state(Path(cfg.out_dir), client, sampled)
                 feedback[client].residual = saved["residual"]

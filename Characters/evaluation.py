@@ -22,7 +22,6 @@ from Utils.data.datasets import ImageData
 from Utils.data.text import TextData
 from Utils.flat import cpu_state_dict, load_flat_into_model, model_size
 from Utils.run_log import higher_is_better
-from Utils.training import evaluate, stage_test_set
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class BackgroundEvaluator:
     def __init__(self, model: torch.nn.Module, data: ImageData | TextData, metric: str, best_path: Path,
                  timeout_s: float):
         self._model = copy.deepcopy(model)   # its own copy: the server keeps loading into the live one
-        self._data = stage_test_set(data, next(model.parameters()).device)   # staged once on a GPU
+        self._data = data.test_on(next(model.parameters()).device)   # staged once on a GPU
         self._metric, self._best_path, self._timeout_s = metric, best_path, timeout_s
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending_snapshots(4 * model_size(model)))
         self._results: dict[int, dict] = {}
@@ -60,11 +59,11 @@ class BackgroundEvaluator:
         self._thread = threading.Thread(target=self._run, name="evaluator", daemon=True)
         self._thread.start()
 
-    def submit(self, round_index: int, flat_model: torch.Tensor) -> torch.Tensor:
+    def submit(self, round_number: int, flat_model: torch.Tensor) -> torch.Tensor:
         """Queue a copy of G_r and return it (not to be modified); waits only when the evaluator is a full
         snapshot budget behind."""
         self._raise_if_failed()
-        item = (round_index, flat_model.detach().clone())
+        item = (round_number, flat_model.detach().clone())
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -86,16 +85,16 @@ class BackgroundEvaluator:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the evaluator made no progress in {self._timeout_s:.0f} s") from None
 
-    def result(self, round_index: int, wait: bool = False) -> dict | None:
+    def result(self, round_number: int, wait: bool = False) -> dict | None:
         """G_r's test metrics (plus eval_s, the evaluation's duration), or None while not yet evaluated."""
         with self._done:
             if wait:
-                finished = self._done.wait_for(lambda: round_index in self._results or self._error is not None,
+                finished = self._done.wait_for(lambda: round_number in self._results or self._error is not None,
                                                timeout=self._timeout_s)
                 if not finished:
-                    raise TimeoutError(f"evaluating round {round_index} took over {self._timeout_s:.0f} s")
+                    raise TimeoutError(f"evaluating round {round_number} took over {self._timeout_s:.0f} s")
             self._raise_if_failed()
-            return self._results.pop(round_index, None)
+            return self._results.pop(round_number, None)
 
     def close(self) -> None:
         """Stop the thread once the queued snapshots are done (callers wait for the results they need)."""
@@ -110,11 +109,11 @@ class BackgroundEvaluator:
     def _run(self) -> None:
         _lower_this_threads_priority()
         while (item := self._queue.get()) is not None:
-            round_index, flat_model = item
+            round_number, flat_model = item
             started = time.perf_counter()
             try:
                 load_flat_into_model(flat_model, self._model)
-                metrics = evaluate(self._model, self._data)
+                metrics = self._data.evaluate(self._model)
                 self._keep_if_best(metrics[self._metric])
             except BaseException as error:   # re-raised in the server's thread
                 with self._done:
@@ -123,7 +122,7 @@ class BackgroundEvaluator:
                 return
             metrics["eval_s"] = time.perf_counter() - started
             with self._done:
-                self._results[round_index] = metrics
+                self._results[round_number] = metrics
                 self._done.notify_all()
 
     def _keep_if_best(self, value: float) -> None:

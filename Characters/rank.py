@@ -18,7 +18,6 @@ from Utils.checkpoint import result_options
 from Utils.config import RunConfig, device_for
 from Utils.data.datasets import load_dataset, unverified_note
 from Utils.data.partition import client_shards, limit_test_set, limit_training_set, shard_size
-from Utils.data.text import TextData
 from Utils.flat import model_size
 from Utils.run_log import setup_logging
 from Utils.training import LocalTrainer
@@ -56,11 +55,8 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
                                      master_port=None if rendezvous_from_env else cfg.master_port,
                                      backend=cfg.backend, timeout_s=cfg.timeout, device=device)
         data = limit_training_set(load_dataset(cfg.dataset, cfg.data_dir), cfg.max_train_samples, cfg.seed)
-        text = isinstance(data, TextData)
-        num_classes = data.vocab_size if text else data.num_classes
-        shape = {} if text else {"in_channels": data.in_channels, "image_size": data.image_size}
         torch.manual_seed(cfg.seed)   # G_0 is the seeded initial model; clients receive it from the server
-        model = build_model(cfg.model, num_classes, **shape).to(device)
+        model = build_model(cfg.model, data.output_size, **data.model_shape).to(device)
         shards = client_shards(data, cfg.federation_size, cfg.partition, cfg.seed, cfg.alpha, cfg.shards_per_client)
         fingerprint = job_fingerprint(cfg, model_size(model))
         if rank == transport.SERVER_RANK:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from Characters.launch import EXIT_INTERRUPTED, exit_process, launch
 from Utils.config import RunConfig, SearchConfig
-from Utils.data.datasets import dataset_is_text
+from Utils.data.datasets import dataset_metric
 from Utils.run_log import higher_is_better
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def format_table(results: list[tuple[dict, int, dict | None]]) -> str:
 
 def study_direction(dataset: str) -> tuple[str, str]:
     """The metric a search optimises and its direction: accuracy up, perplexity down."""
-    metric = "perplexity" if dataset_is_text(dataset) else "accuracy"
+    metric = dataset_metric(dataset)
     return metric, "maximize" if higher_is_better(metric) else "minimize"
 
 

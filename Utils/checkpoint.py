@@ -127,18 +127,18 @@ CLIENT_STATE_DIR = "client-state"
 CLIENT_STATES_KEPT = 5   # a client may be a few rounds ahead of the server's last checkpoint on disk
 
 
-def _client_state_path(run_dir: Path, client: int, round_index: int) -> Path:
-    return run_dir / CLIENT_STATE_DIR / f"client{client}-round{round_index}.pt"
+def _client_state_path(run_dir: Path, client: int, round_number: int) -> Path:
+    return run_dir / CLIENT_STATE_DIR / f"client{client}-round{round_number}.pt"
 
 
-def write_client_state(run_dir: Path, client: int, round_index: int, state: dict) -> None:
-    """A client's own state after its upload of round `round_index` (0-based), atomically; its states older than
+def write_client_state(run_dir: Path, client: int, round_number: int, state: dict) -> None:
+    """A client's own state after its upload of round `round_number` (1..R), atomically; its states older than
     its last CLIENT_STATES_KEPT are removed (a sampled client uploads in some rounds only)."""
-    path = _client_state_path(run_dir, client, round_index)
+    path = _client_state_path(run_dir, client, round_number)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(path.name + ".tmp")
     with staging.open("wb") as f:
-        torch.save({"format": FORMAT, "round": round_index, **state}, f)
+        torch.save({"format": FORMAT, "round": round_number, **state}, f)
         f.flush()
         os.fsync(f.fileno())
     staging.replace(path)
@@ -147,11 +147,14 @@ def write_client_state(run_dir: Path, client: int, round_index: int, state: dict
         _client_state_path(run_dir, client, old).unlink(missing_ok=True)
 
 
-def read_client_state(run_dir: Path, client: int, round_index: int) -> dict:
-    """The state write_client_state saved after round `round_index`; CheckpointError when it is not there."""
-    path = _client_state_path(run_dir, client, round_index)
+def read_client_state(run_dir: Path, client: int, round_number: int) -> dict:
+    """The state write_client_state saved after round `round_number`; CheckpointError when it is not there. A run
+    of an earlier version (one client per rank) named the file by rank and 0-based round."""
+    path = _client_state_path(run_dir, client, round_number)
     if not path.is_file():
-        raise CheckpointError(f"client {client} has no saved state for round {round_index + 1} in {path.parent}: a "
+        path = run_dir / CLIENT_STATE_DIR / f"rank{client}-round{round_number - 1}.pt"
+    if not path.is_file():
+        raise CheckpointError(f"client {client} has no saved state for round {round_number} in {path.parent}: a "
                               f"compressed run resumes with its clients' error-feedback state, which they write "
                               f"in the run directory (on several machines give every rank the same --out_dir)")
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -217,13 +217,13 @@ def _early_stop(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     if args.early_stop is None:
         return None
     try:
-        round_index, metric = int(args.early_stop[0]), float(args.early_stop[1])
+        round_number, metric = int(args.early_stop[0]), float(args.early_stop[1])
     except ValueError:
         parser.error("--optuna_early_stop takes ROUND (an integer) and METRIC (a number)")
-    if not 1 <= round_index < args.max_epoch:   # at the last round there is nothing left to stop
+    if not 1 <= round_number < args.max_epoch:   # at the last round there is nothing left to stop
         parser.error(f"--optuna_early_stop ROUND must be between 1 and --max_epoch - 1 ({args.max_epoch - 1}): "
                      f"a run stopped at its last round would stop nothing")
-    return round_index, metric
+    return round_number, metric
 
 
 def _check_search(parser: argparse.ArgumentParser, search: SearchConfig) -> None:

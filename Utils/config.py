@@ -306,9 +306,9 @@ class RunConfig:
         """K, the clients that train in each round (Utils.federation.clients_per_round)."""
         return federation.clients_per_round(self.clients_per_round, self.federation_size)
 
-    def round_clients(self, round_index: int) -> list[int]:
-        """The clients that train in round `round_index` (0-based), ascending."""
-        return federation.round_sample(self.federation_size, self.sampled_per_round, self.seed, round_index)
+    def round_clients(self, round_number: int) -> list[int]:
+        """The clients that train in round `round_number` (1..R), ascending."""
+        return federation.round_sample(self.federation_size, self.sampled_per_round, self.seed, round_number)
 
     def hosted_clients(self, rank: int) -> list[int]:
         return federation.hosted_clients(rank, self.client_ranks, self.federation_size)

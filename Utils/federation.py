@@ -32,18 +32,18 @@ def clients_per_round(spec: float | None, num_clients: int) -> int:
     return int(spec)
 
 
-def round_sample(num_clients: int, per_round: int, seed: int, round_index: int) -> list[int]:
-    """The clients (ascending) that train in round `round_index` (0-based): all of them when K = N, else K drawn
-    without replacement by a generator seeded with (seed, round) alone."""
+def round_sample(num_clients: int, per_round: int, seed: int, round_number: int) -> list[int]:
+    """The clients (ascending) that train in round `round_number` (1..R), whose uploads make G_round: all of them
+    when K = N, else K drawn without replacement by a generator seeded with (seed, round) alone."""
     if per_round >= num_clients:
         return list(range(1, num_clients + 1))
-    draws = random.Random(f"clients_per_round:{seed}:{round_index}")
+    draws = random.Random(f"clients_per_round:{seed}:{round_number}")
     return sorted(draws.sample(range(1, num_clients + 1), per_round))
 
 
-def last_sampled_round(client: int, before: int, num_clients: int, per_round: int, seed: int) -> int | None:
-    """The last round below `before` in which `client` trained, or None (its state is then the initial one)."""
-    for round_index in range(before - 1, -1, -1):
-        if client in round_sample(num_clients, per_round, seed, round_index):
-            return round_index
+def last_sampled_round(client: int, up_to: int, num_clients: int, per_round: int, seed: int) -> int | None:
+    """The last round (1..up_to) in which `client` trained, or None (its state is then the initial one)."""
+    for round_number in range(up_to, 0, -1):
+        if client in round_sample(num_clients, per_round, seed, round_number):
+            return round_number
     return None

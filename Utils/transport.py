@@ -231,16 +231,16 @@ def unpack_payload(payload: torch.Tensor, specs: list[tuple[torch.dtype, int]]) 
     return parts
 
 
-def pack_start(model_flat: torch.Tensor, first_round: int) -> torch.Tensor:
-    return torch.cat([model_flat, torch.tensor([float(first_round)])])   # exact in float32 below 2**24
+def pack_start(model_flat: torch.Tensor, rounds_done: int) -> torch.Tensor:
+    return torch.cat([model_flat, torch.tensor([float(rounds_done)])])   # exact in float32 below 2**24
 
 
 def unpack_start(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, int]:
     """The start message's model part (a view) and the 0-based index of the first round to train."""
-    first_round = message[model_numel].item()
-    if first_round != int(first_round) or first_round < 0:
-        raise PeerFailure(f"the server sent a malformed start (round {first_round!r})")
-    return finite_global_model(message[:model_numel]), int(first_round)
+    rounds_done = message[model_numel].item()
+    if rounds_done != int(rounds_done) or rounds_done < 0:
+        raise PeerFailure(f"the server sent a malformed start (round {rounds_done!r})")
+    return finite_global_model(message[:model_numel]), int(rounds_done)
 
 
 # ----------------------------------------------------------------------------------------------------

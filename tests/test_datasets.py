@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import gzip
 import logging
+import math
 import pickle
 import socket
 import threading
@@ -20,7 +21,16 @@ import torchvision
 from conftest import require_shared
 
 import Utils.data.prepare as prepare_module
-from Utils.data.datasets import DATASET_NAMES, ImageData, augment_batch, dataset_is_text, load_dataset, unverified_note
+from Networks import build_model
+from Utils.data.datasets import (
+    DATASET_NAMES,
+    ImageData,
+    augment_batch,
+    dataset_is_text,
+    dataset_metric,
+    load_dataset,
+    unverified_note,
+)
 from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
 from Utils.data.prepare import SOURCE_ENV, ensure_dataset, import_dataset, is_prepared, local_copy
 from Utils.data.text import TextData, batchify, get_bptt_batch, load_text_corpus
@@ -541,3 +551,28 @@ def test_batchify_and_bptt_batches_as_pytorch_examples():
         batchify(torch.arange(5), 0)
     with pytest.raises(ValueError, match="cannot fill one row"):
         batchify(torch.arange(5), 6)
+
+
+def test_image_and_text_data_answer_the_same_questions():
+    """The rest of the code asks a dataset the same things whatever it holds: its metric and direction, the
+    model's output size and input shape, a client's batched shard, a model's test metrics."""
+    images = ImageData("x", torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8), torch.arange(6) % 3,
+                       torch.randint(0, 255, (4, 1, 28, 28), dtype=torch.uint8), torch.arange(4) % 3, 3, False,
+                       (0.5,), (0.25,))
+    text = TextData("t", torch.arange(200) % 7, torch.arange(20) % 7, torch.arange(80) % 7,
+                    vocab=[str(i) for i in range(7)])
+    assert (images.metric, images.higher_is_better, text.metric, text.higher_is_better) == \
+        ("accuracy", True, "perplexity", False)
+    assert (images.output_size, images.model_shape) == (3, {"in_channels": 1, "image_size": 28})
+    assert (text.output_size, text.model_shape) == (7, {})
+    assert dataset_metric("cifar10") == "accuracy" and dataset_metric("ptb") == "perplexity"
+    for data, shard, model_name in ((images, [0, 2, 5], "mlp"), (text, (10, 110), "transformer")):
+        torch.manual_seed(0)
+        model = build_model(model_name, data.output_size, **data.model_shape)
+        client = data.client_shard(shard, 2, torch.device("cpu"))
+        batches = list(client.batches(torch.Generator().manual_seed(1)))
+        assert batches and all(len(inputs) > 0 for inputs, _ in batches)
+        assert client.num_samples == (3 if data is images else 100)
+        assert client.grad_clip == (None if data is images else 0.25)
+        metrics = data.evaluate(model)
+        assert set(metrics) == {data.metric, "test_loss"} and math.isfinite(metrics[data.metric])

@@ -23,7 +23,6 @@ from Utils.memory import (
     device_memory_bytes,
     device_memory_refusal,
 )
-from Utils.training import stage_test_set
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")
 
@@ -85,11 +84,11 @@ def test_the_evaluator_stages_the_test_split_once_on_its_device():
     images = ImageData("x", torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64),
                        torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), 10, False,
                        (0.5,), (0.25,))
-    assert stage_test_set(images, torch.device("cpu")) is images
-    staged = stage_test_set(images, torch.device("meta"))
+    assert images.test_on(torch.device("cpu")) is images
+    staged = images.test_on(torch.device("meta"))
     assert staged.test_images.is_meta and staged.test_labels.is_meta and staged.train_images is images.train_images
     text = TextData("t", torch.arange(8), torch.arange(4), torch.arange(4), vocab=[str(i) for i in range(8)])
-    staged_text = stage_test_set(text, torch.device("meta"))
+    staged_text = text.test_on(torch.device("meta"))
     assert staged_text.test_tokens.is_meta and staged_text.train_tokens is text.train_tokens
 
 

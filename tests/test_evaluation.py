@@ -6,7 +6,6 @@ from Characters.evaluation import BackgroundEvaluator, max_pending_snapshots
 from Networks import build_model
 from Utils.data.datasets import ImageData
 from Utils.flat import flatten_model, load_flat_into_model
-from Utils.training import evaluate
 
 
 def small_data() -> ImageData:
@@ -29,7 +28,7 @@ def test_background_results_equal_blocking_evaluation_and_the_best_model_is_kept
     expected = []
     for flat in snapshots:
         load_flat_into_model(flat, model)
-        expected.append(evaluate(model, data))
+        expected.append(data.evaluate(model))
     assert [{k: v for k, v in r.items() if k != "eval_s"} for r in results] == expected
     assert all(r["eval_s"] > 0 for r in results)
     best = max(range(4), key=lambda k: (expected[k]["accuracy"], -k))   # the first of equal bests

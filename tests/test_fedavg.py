@@ -122,7 +122,6 @@ def test_a_seeded_test_subset_is_what_the_server_evaluates(mnist_root, tmp_path)
     """--test_samples: every round's metrics are those of the saved model on the seeded subset."""
     from Utils.data.datasets import load_dataset
     from Utils.data.partition import limit_test_set
-    from Utils.training import evaluate
     done = run_job("FedAvg.py", *QUICK_MNIST, "--max_epoch", "2", "--test_samples", "700",
                    out_dir=tmp_path / "run", data_dir=mnist_root)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -131,4 +130,4 @@ def test_a_seeded_test_subset_is_what_the_server_evaluates(mnist_root, tmp_path)
     model = build_model("mlp", 10)
     model.load_state_dict(torch.load(tmp_path / "run" / "final_model.pt", weights_only=True))
     subset = limit_test_set(load_dataset("mnist", mnist_root), 700, 2020)
-    assert f"{evaluate(model, subset)['accuracy']:.6g}" == rows[-1]["accuracy"]
+    assert f"{subset.evaluate(model)['accuracy']:.6g}" == rows[-1]["accuracy"]

@@ -37,7 +37,7 @@ def test_the_sample_is_seeded_by_seed_and_round_alone():
     assert round_sample(100, 10, 2021, 3) != sample                 # and each seed
     assert round_sample(6, 6, 2020, 3) == [1, 2, 3, 4, 5, 6]        # K = N: everyone, no draw
     counts = torch.zeros(100)
-    for r in range(500):
+    for r in range(1, 501):
         counts[torch.tensor(round_sample(100, 10, 0, r)) - 1] += 1
     assert counts.min() > 25 and counts.max() < 80                  # about 50 each: uniform
 
@@ -50,9 +50,10 @@ def test_clients_per_round_takes_a_count_or_a_fraction():
         with pytest.raises(ValueError, match="--clients_per_round"):
             clients_per_round(bad, 100)
     client = round_sample(20, 5, 1, 2)[0]
-    sampled = [r for r in range(10) if client in round_sample(20, 5, 1, r)]
+    sampled = [r for r in range(1, 11) if client in round_sample(20, 5, 1, r)]
     assert last_sampled_round(client, 10, 20, 5, 1) == sampled[-1]
-    assert last_sampled_round(client, sampled[0], 20, 5, 1) is None
+    assert last_sampled_round(client, sampled[0], 20, 5, 1) == sampled[0]
+    assert last_sampled_round(client, sampled[0] - 1, 20, 5, 1) is None
 
 
 def test_the_memory_estimate_counts_the_further_clients_of_a_rank():
@@ -75,8 +76,8 @@ class _RecordingTrainer:
 
 def test_a_client_that_sat_out_a_round_starts_from_the_global_model_that_holds_its_progress(mnist_root):
     """The client merge with sampling (docs/many-clients.md): a client sampled in rounds r - 1 and r trains round
-    r from G_{r-1} + b * its round r - 1 progress; any other sampled client from G_{r-1} itself, which already
-    holds everything it uploaded before (its last progress went into G_{r'+1}, r' <= r - 2)."""
+    r from G_{r-2} + b * its round r - 1 progress; any other sampled client from G_{r-2} itself, which already
+    holds everything it uploaded before (its last progress went into G_{r'}, r' <= r - 2)."""
     replay = ScheduleReplay(mnist_root, num_clients=6, max_train_samples=600, clients_per_round=3)
     numel, log, b = replay.initial.numel(), [], 0.5
     replay.trainers = [_RecordingTrainer(k + 1, numel, log) for k in range(6)]
@@ -90,14 +91,14 @@ def test_a_client_that_sat_out_a_round_starts_from_the_global_model_that_holds_i
     rounds = 6
     replay.run_client_merge(step, rounds, merge_weight=b)
     models = [replay.initial, *versions]                      # G_0 .. G_6
-    for round_index, client, start in log:
-        before = max(round_index - 1, 0)                       # the newest G a round trains beside: G_{r-1}
+    for round_number, client, start in log:
+        before = max(round_number - 2, 0)                      # the newest G round r trains beside: G_{r-2}
         expected = models[before]
-        if round_index > 0 and client in round_sample(6, 3, 2020, round_index - 1):
-            expected = models[round_index - 1] + b * replay.trainers[client - 1].step
+        if round_number > 1 and client in round_sample(6, 3, 2020, round_number - 1):
+            expected = models[round_number - 2] + b * replay.trainers[client - 1].step
         torch.testing.assert_close(start, expected, rtol=0, atol=1e-5)
-    assert any(r > 0 and c not in round_sample(6, 3, 2020, r - 1) for r, c, _ in log)   # both cases were seen
-    assert any(r > 0 and c in round_sample(6, 3, 2020, r - 1) for r, c, _ in log)
+    assert any(r > 1 and c not in round_sample(6, 3, 2020, r - 1) for r, c, _ in log)   # both cases were seen
+    assert any(r > 1 and c in round_sample(6, 3, 2020, r - 1) for r, c, _ in log)
 
 
 @pytest.mark.slow
@@ -141,7 +142,7 @@ def test_a_sampled_client_merge_run_resumes_to_the_uninterrupted_one(compress, m
     first = run_job("AsyncFedAvg.py", *options, "--max_epoch", "2", out_dir=tmp_path / "run", data_dir=mnist_root)
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert checkpoint["sampled"] == round_sample(6, 3, 2020, 1)   # which clients the last round sampled
+    assert checkpoint["sampled"] == round_sample(6, 3, 2020, 2)   # which clients the last round sampled
     extended = run_job("AsyncFedAvg.py", "--resume", str(tmp_path / "run"), "--max_epoch", "5", "--master_port",
                        "0", out_dir=tmp_path / "run", data_dir=mnist_root)
     assert extended.returncode == 0, extended.stderr[-3000:]

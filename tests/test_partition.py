@@ -12,7 +12,6 @@ from Utils.data.partition import (
     PARTITION_SCHEMES,
     SHARD_SIZE,
     TEXT_SCHEMES,
-    describe_partition,
     dirichlet_partition,
     iid_partition,
     noniid_shard_partition,
@@ -228,17 +227,6 @@ def test_token_sizes_iid_equal_noniid_random_with_floor():
     assert min(many) >= 5221
 
 
-def test_describe_partition():
-    labels = np.array([0, 0, 1, 2, 2, 2])
-    text = describe_partition([np.array([0, 1]), np.array([2, 3, 4, 5])], labels, num_classes=3)
-    assert text.splitlines() == ["rank 1: 2 samples, 1/3 classes 0", "rank 2: 4 samples, 2/3 classes 1 2"]
-    assert describe_partition([np.array([3])]) == "rank 1: 1 samples"
-    assert describe_partition([(0, 10), (10, 25)]).splitlines() == [
-        "rank 1: 10 tokens [0, 10)", "rank 2: 15 tokens [10, 25)"]
-
-
-# --- subsets of a loaded dataset ---------------------------------------------------------------
-
 def _image_data(num_train: int, num_test: int):
     from Utils.data.datasets import ImageData
     pixels = torch.arange(num_train + num_test, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
@@ -278,9 +266,9 @@ def test_a_trainer_holds_exactly_its_shard_normalised():
     shard = np.array([3, 17, 42, 5])
     trainer = LocalTrainer(build_model("mlp", 10, in_channels=1, image_size=2), data, shard, batch_size=2,
                            lr=0.1, epochs=1, seed=1, client=1)
-    assert torch.equal(trainer.labels, data.train_labels[shard])
+    assert torch.equal(trainer.shard.labels, data.train_labels[shard])
     expected = (data.train_images[shard].float() / 255 - 0.5) / 0.25
-    torch.testing.assert_close(trainer.images, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(trainer.shard.images, expected, rtol=0, atol=1e-6)
 
 
 def test_the_pathological_split_gives_each_client_its_shards_of_sorted_labels():

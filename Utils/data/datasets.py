@@ -12,12 +12,15 @@ reads only these caches: no PIL, no pickles, no per-sample transforms. Utils/dat
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
 from Utils.data.text import EOS, TextData, load_text_corpus
@@ -94,7 +97,9 @@ DATASET_NAMES = IMAGE_DATASETS + TEXT_DATASETS
 @dataclass(frozen=True, eq=False)   # eq=False: tensors do not compare with ==
 class ImageData:
     """A split's pixels stay uint8 as stored (memory-mapped from the cache: a rank reads only the rows it
-    uses); normalise() turns the rows a client or the evaluator takes into float32."""
+    uses); normalise() turns the rows a client or the evaluator takes into float32. Like TextData, it answers
+    what the rest of the code asks of a dataset: its metric (accuracy), the model's output size and input
+    shape, how a client's shard (sample indices) is batched, and how a model is evaluated."""
     name: str
     train_images: Tensor   # uint8 (N, C, H, W)
     train_labels: Tensor   # int64 (N,)
@@ -105,6 +110,9 @@ class ImageData:
     mean: tuple[float, ...]   # per-channel statistics of the training pixels in [0, 1]
     std: tuple[float, ...]
 
+    metric = "accuracy"         # the test metric, higher is better
+    higher_is_better = True
+
     @property
     def in_channels(self) -> int:
         return self.train_images.shape[1]
@@ -113,12 +121,84 @@ class ImageData:
     def image_size(self) -> int:
         return self.train_images.shape[-1]
 
+    @property
+    def output_size(self) -> int:
+        """The model's outputs: one logit per class."""
+        return self.num_classes
+
+    @property
+    def model_shape(self) -> dict:
+        """What build_model needs beyond the output size: the input's channels and side."""
+        return {"in_channels": self.in_channels, "image_size": self.image_size}
+
+    def client_shard(self, shard, batch_size: int, device: torch.device) -> ImageShard:
+        """A client's samples (indices), gathered and normalised once on `device`: every batch then indexes a
+        small contiguous tensor, and the client keeps no reference to the rest of the training set."""
+        index = torch.as_tensor(np.asarray(shard), dtype=torch.long)
+        return ImageShard(self.normalise(self.train_images[index].to(device)), self.train_labels[index].to(device),
+                          batch_size, self.augment)
+
+    def test_on(self, device: torch.device) -> ImageData:
+        """The same data with its test split on `device` (staged once for an evaluator on a GPU)."""
+        if device.type == "cpu":
+            return self
+        return dataclasses.replace(self, test_images=self.test_images.to(device),
+                                   test_labels=self.test_labels.to(device))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """{"accuracy", "test_loss"} of `model` on the test split."""
+        model.eval()
+        device = next(model.parameters()).device
+        loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        total_loss, correct, count = 0.0, 0, len(self.test_labels)
+        for begin in range(0, count, EVAL_BATCH):
+            images = self.normalise(self.test_images[begin:begin + EVAL_BATCH].to(device))
+            labels = self.test_labels[begin:begin + EVAL_BATCH].to(device)
+            logits = model(images)
+            total_loss += loss_fn(logits, labels).item()
+            correct += (logits.argmax(dim=1) == labels).sum().item()
+        return {"accuracy": correct / count, "test_loss": total_loss / count}
+
     def normalise(self, images: Tensor) -> Tensor:
         """uint8 pixels -> float32 (x / 255 - mean) / std per channel, as x * scale + shift, on images' device."""
         mean = torch.tensor(self.mean, dtype=torch.float64).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float64).view(1, -1, 1, 1)
         scale, shift = (1 / (255 * std)).float(), (-mean / std).float()
         return images.to(torch.float32).mul_(scale.to(images.device)).add_(shift.to(images.device)).contiguous()
+
+
+EVAL_BATCH = 1000   # test images per forward pass
+
+
+@dataclass(frozen=True, eq=False)
+class ImageShard:
+    """A client's normalised samples; its training batches are a reshuffled order, augmented where the dataset
+    is (CIFAR: random crop and flip)."""
+    images: Tensor
+    labels: Tensor
+    batch_size: int
+    augment: bool
+    grad_clip = None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def batches(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.randperm(self.num_samples, generator=generator)
+        for begin in range(0, self.num_samples, self.batch_size):
+            batch = order[begin:begin + self.batch_size]
+            images = self.images[batch]
+            if self.augment:
+                images = augment_batch(images, generator)
+            yield images, self.labels[batch]
+
+
+def dataset_metric(name: str) -> str:
+    """The test metric of a dataset, known without loading it: perplexity for text, accuracy for images."""
+    check_dataset_name(name)
+    return TextData.metric if name in TEXT_SPECS else ImageData.metric
 
 
 def check_dataset_name(name: str) -> None:

@@ -277,25 +277,3 @@ def client_shards(data, num_clients: int, scheme: str, seed: int, alpha: float =
 def shard_size(shard) -> int:
     """Samples (or tokens) in one client's share."""
     return shard[1] - shard[0] if isinstance(shard, tuple) else len(shard)
-
-
-def describe_partition(
-    parts: Sequence[np.ndarray] | Sequence[tuple[int, int]], labels=None, num_classes: int | None = None
-) -> str:
-    """One line per client: its size and, given labels, the classes it holds (listed when at most 20)."""
-    labels = None if labels is None else _as_label_array(labels)
-    lines = []
-    for rank, part in enumerate(parts, start=1):
-        if isinstance(part, tuple):
-            start, stop = part
-            lines.append(f"rank {rank}: {stop - start} tokens [{start}, {stop})")
-            continue
-        line = f"rank {rank}: {len(part)} samples"
-        if labels is not None:
-            present = np.unique(labels[np.asarray(part, dtype=np.int64)])
-            of_total = f"/{num_classes}" if num_classes is not None else ""
-            line += f", {len(present)}{of_total} classes"
-            if len(present) <= 20:
-                line += " " + " ".join(str(c) for c in present.tolist())
-        lines.append(line)
-    return "\n".join(lines)

@@ -26,7 +26,7 @@ from Utils.data.datasets import load_dataset
 from Utils.data.partition import client_shards, limit_training_set
 from Utils.federation import round_sample
 from Utils.flat import flatten_model, load_flat_into_model
-from Utils.training import LocalTrainer, evaluate
+from Utils.training import LocalTrainer
 
 # Every client's upload of a round with its weight: [(L_k, p_k), ...]
 Uploads = list[tuple[Tensor, float]]
@@ -84,32 +84,32 @@ class ScheduleReplay:
         self.per_round, self.seed = clients_per_round or num_clients, seed
         self.compression, self.topk_ratio = compression, topk_ratio
 
-    def sampled(self, round_index: int) -> tuple[list[int], list[float]]:
-        """The 0-based indices of the clients round `round_index` samples, and their weights p_k."""
-        clients = round_sample(len(self.trainers), self.per_round, self.seed, round_index)
+    def sampled(self, round_number: int) -> tuple[list[int], list[float]]:
+        """The 0-based indices of the clients round `round_number` (1..R) samples, and their weights p_k."""
+        clients = round_sample(len(self.trainers), self.per_round, self.seed, round_number)
         return [c - 1 for c in clients], client_weights([self.num_samples[c - 1] for c in clients])
 
-    def trained(self, start: Tensor, round_index: int) -> list[tuple[int, Tensor, float]]:
-        """(client index, its model, p_k) of every client the round samples, trained from `start`."""
-        clients, weights = self.sampled(round_index)
-        return [(k, self.trainers[k].train_round(start, round_index)[0], weight)
+    def trained(self, start: Tensor, round_number: int) -> list[tuple[int, Tensor, float]]:
+        """(client index, its model, p_k) of every client round `round_number` samples, trained from `start`."""
+        clients, weights = self.sampled(round_number)
+        return [(k, self.trainers[k].train_round(start, round_number)[0], weight)
                 for k, weight in zip(clients, weights, strict=True)]
 
-    def uploads(self, start: Tensor, round_index: int) -> Uploads:
-        """The round's uploads trained from `start`, with their weights p_k."""
-        return [(local, weight) for _, local, weight in self.trained(start, round_index)]
+    def uploads(self, start: Tensor, round_number: int) -> Uploads:
+        """Round `round_number`'s uploads trained from `start`, with their weights p_k."""
+        return [(local, weight) for _, local, weight in self.trained(start, round_number)]
 
     def run_client_merge(self, step: ServerStep, rounds: int, *, merge_weight: float = 1.0) -> list[float]:
-        """Test accuracy of G_1..G_rounds with the client merge (--compensation local): client k's round r
-        trains from its own start x_k, uploads U_k = G_r + (L_k - x_k) and starts round r + 1 from
-        G_r + b (U_k - G_r); update r + 1 averages the uploads relative to w = G_r itself. A client the round
-        before did not sample starts from G_{r-1} (G_0 in rounds 0 and 1), which holds its last progress."""
+        """Test accuracy of G_1..G_rounds with the client merge (--compensation local): client k's round r (1..R)
+        trains from its own start x_k, uploads U_k = G_{r-1} + (L_k - x_k) and starts round r + 1 from
+        G_{r-1} + b (U_k - G_{r-1}); update r averages the uploads relative to w = G_{r-1} itself. A client the
+        round before did not sample starts from G_{r-2} (G_0 in rounds 1 and 2), which holds its last progress."""
         versions, accuracy = [self.initial.clone()], []
         wire = ReplayWire(versions[0], len(self.trainers), self.compression, self.topk_ratio)
         carried: dict[int, Tensor] = {}
         shared = wire.held   # what a client the last round did not sample trains from: G_{r-1} as held
-        for r in range(rounds):
-            latest, held = versions[-1], wire.held   # G_r, and what every client holds when it uploads round r
+        for r in range(1, rounds + 1):
+            latest, held = versions[-1], wire.held   # G_{r-1}, and what every client holds when it uploads round r
             clients, weights = self.sampled(r)
             starts = [carried.get(k, shared) for k in clients]
             sent = [merged_upload(held, self.trainers[k].train_round(start, r)[0], start)
@@ -117,7 +117,7 @@ class ScheduleReplay:
             carried = {k: merged_start(held, upload, merge_weight) for k, upload in zip(clients, sent, strict=True)}
             uploads = [(wire.upload(k, upload, latest), weight)
                        for k, upload, weight in zip(clients, sent, weights, strict=True)]
-            versions.append(step(r + 1, latest, uploads, latest).clone())
+            versions.append(step(r, latest, uploads, latest).clone())
             shared = held
             wire.broadcast(versions[-1])
             accuracy.append(self.accuracy(versions[-1]))
@@ -125,19 +125,19 @@ class ScheduleReplay:
 
     def accuracy(self, flat: Tensor) -> float:
         load_flat_into_model(flat, self.model)
-        return evaluate(self.model, self.data)["accuracy"]
+        return self.data.evaluate(self.model)["accuracy"]
 
     def run(self, step: ServerStep, rounds: int, *, overlap: bool) -> list[float]:
-        """Test accuracy of G_1..G_rounds. FedAvg's round r trains from G_r; Overlap's from G_{r-1} (rounds 0
-        and 1 from G_0), so update u's uploads started from G_{max(u-2, 0)} while w is G_{u-1}."""
+        """Test accuracy of G_1..G_rounds. FedAvg's round r (1..R) trains from G_{r-1}; Overlap's from G_{r-2}
+        (rounds 1 and 2 from G_0), so update r's uploads started from G_{max(r-2, 0)} while w is G_{r-1}."""
         versions, accuracy = [self.initial.clone()], []
         wire = ReplayWire(versions[0], len(self.trainers), self.compression, self.topk_ratio)
         held = [wire.held]   # what the clients hold of each version (with --compress none: the versions)
-        for r in range(rounds):
-            before = max(r - 1, 0) if overlap else r
-            uploads = [(wire.upload(k, local, versions[r]), weight)
+        for r in range(1, rounds + 1):
+            before = max(r - 2, 0) if overlap else r - 1
+            uploads = [(wire.upload(k, local, versions[r - 1]), weight)
                        for k, local, weight in self.trained(held[before], r)]
-            versions.append(step(r + 1, versions[before], uploads, versions[-1]).clone())
+            versions.append(step(r, versions[before], uploads, versions[-1]).clone())
             held.append(wire.broadcast(versions[-1]))
             accuracy.append(self.accuracy(versions[-1]))
         return accuracy
