@@ -16,21 +16,24 @@ seeds other than the one the README reports (--seeds).
     python benchmarks/ablation.py --data_dir ./data --seeds 2021 --out docs/ablation-2021.md
     python benchmarks/ablation.py --data_dir ./data --settings mnist-e1 --seeds 2020
     python benchmarks/ablation.py --data_dir ./data --cells FedAvg "local b1 mu0 slr1"   # some cells only
+
+Time: about an hour per seed on 2 cores for the 17 cells x 4 settings (an estimate from the settings' round
+times: about 3.5 minutes a cell); finished runs are not run again.
+Figures: docs/ablation.md (docs/defaults.md sums it up).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import shlex
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from bench_time_to_accuracy import NUM_CLIENTS, SETTINGS, Setting  # noqa: E402
+from jobs import read_metrics, run_job  # noqa: E402
 
 # name -> (script, options). FedAvgM uses the Nesterov server step Overlap uses with mu 0.9.
 CELLS = {
@@ -65,6 +68,11 @@ def modelled_time(rounds: int, script: str) -> float:
     return 2.0 * rounds if script == "FedAvg.py" else rounds + 1.0
 
 
+def round_time(script: str) -> float:
+    """What one more round adds to modelled_time once the rounds run, in units of T: FedAvg 2, Overlap 1."""
+    return modelled_time(1, script) - modelled_time(0, script)
+
+
 def modelled_ratio(rounds: int | None, fedavg_rounds: int | None, script: str = "AsyncFedAvg.py") -> float | None:
     """A cell's modelled time to a target over FedAvg's; inf when only FedAvg got there, None when FedAvg did not."""
     if fedavg_rounds is None:
@@ -77,26 +85,17 @@ def run(cell: str, setting_name: str, seed: int, args) -> list[float]:
     setting: Setting = SETTINGS[setting_name]
     script, options = CELLS[cell]
     out_dir = Path(args.work_dir) / f"seed{seed}" / setting_name / cell.replace(" ", "_").replace("=", "")
-    metrics = out_dir / "metrics.csv"
-    if not (metrics.exists() and len(_accuracy(metrics)) == setting.rounds):
-        command = [sys.executable, script, "--dataset", setting.dataset, "--model", setting.model,
-                   "--world_size", str(NUM_CLIENTS + 1), "--client_epoch", str(setting.epochs),
-                   "--max_epoch", str(setting.rounds), "--seed", str(seed), "--master_port", "0",
-                   "--data_dir", args.data_dir, "--out_dir", str(out_dir), *options]
+    rows = read_metrics(out_dir) if (out_dir / "metrics.csv").is_file() else []
+    if len(rows) != setting.rounds:
+        options = ["--dataset", setting.dataset, "--model", setting.model, "--world_size", str(NUM_CLIENTS + 1),
+                   "--client_epoch", str(setting.epochs), "--max_epoch", str(setting.rounds), "--seed", str(seed),
+                   "--data_dir", args.data_dir, *options]
         if setting.subset:
-            command += ["--max_train_samples", str(setting.subset)]
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"{cell} ({setting_name}, seed {seed}) failed:\n{done.stderr[-2000:]}")
-    accuracy = _accuracy(metrics)
+            options += ["--max_train_samples", str(setting.subset)]
+        rows = run_job(script, options, out_dir, args.job_timeout).rows
+    accuracy = [row["accuracy"] for row in rows]
     print(f"seed {seed} {setting_name:9s} {cell:22s} " + " ".join(f"{a:.4f}" for a in accuracy), flush=True)
     return accuracy
-
-
-def _accuracy(metrics: Path) -> list[float]:
-    with metrics.open() as f:
-        return [float(row["accuracy"]) for row in csv.DictReader(f)]
 
 
 def rounds_to(curve: list[float], target: float) -> int | None:
@@ -180,8 +179,10 @@ def main() -> None:
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--work_dir", default="runs/ablation")
     parser.add_argument("--out", default="docs/ablation.md", help="markdown report to write")
+    parser.add_argument("--job_timeout", type=float, default=3600.0, help="seconds before a job is declared hung")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
+    args.work_dir = str(Path(args.work_dir).resolve())
 
     all_curves, sections = {}, []
     for seed in args.seeds:

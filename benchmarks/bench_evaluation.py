@@ -5,10 +5,18 @@ evaluation.py), so a round should cost training and communication only. Jobs (As
 2,000 training samples or tokens, 1 local epoch per round, no emulated link): CIFAR-10/CNNCifar,
 CIFAR-10/ResNet and WikiText-2/Transformer, each run with --eval_every 1 and --eval_every 0, interleaved.
 Prints the steady round time (rounds 2..R) of both, their ratio (target: <= 1.2x), the mean time one
-evaluation took on its thread, and the evaluation tail: how long after the last round the job waited for
-the evaluations still queued (on 2 busy cores the thread gets little CPU until the clients finish; that
-wait is the evaluation's real cost here, and --test_samples shrinks it). wall_s of every round still says
-when G_r existed, so time to a target accuracy counts only training and communication.
+evaluation took on its thread, and the evaluation tail (summary.json's evaluation_tail_s): how long after
+the last round the job waited for the evaluations still queued (on 2 busy cores the thread gets little CPU
+until the clients finish; that wait is the evaluation's real cost here, and --test_samples shrinks it).
+wall_s of every round still says when G_r existed, so time to a target accuracy counts only training and
+communication.
+
+    python benchmarks/bench_evaluation.py --data_dir ./data
+    python benchmarks/bench_evaluation.py --data_dir ./data --jobs cnncifar
+
+Time: about 11 minutes on 2 cores (an estimate from its figures: ResNet's and the Transformer's
+evaluations, 99 s and 76 s each, 3 of each, take most of it).
+Figures: docs/benchmarks.md (evaluation every round against --eval_every 0).
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from jobs import report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
+from jobs import JobResult, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
 
 JOBS = {   # name -> (dataset, model, rounds)
     "cnncifar": ("cifar10", "cnncifar", 4),
@@ -57,7 +65,7 @@ def main() -> None:
             with_eval, without = steady_mean(evaluated.rows, "round_s"), steady_mean(plain.rows, "round_s")
             ratio = with_eval / without
             eval_s = statistics.fmean(r["eval_s"] for r in evaluated.rows if not math.isnan(r["eval_s"]))
-            tail = evaluation_tail_s(evaluated.log)
+            tail = evaluation_tail_s(evaluated)
             print(f"| {dataset}/{model} | {with_eval:.2f} s | {without:.2f} s | {ratio:.2f}x | {eval_s:.1f} s | "
                   f"{tail:.1f} s |")
             verdicts.append((f"{dataset}/{model}: a round with evaluation every round costs {ratio:.2f}x one "
@@ -65,12 +73,10 @@ def main() -> None:
     report_and_exit(verdicts)
 
 
-def evaluation_tail_s(log: str) -> float:
-    """The server's "evaluation finished X s after the last round" (0 when it kept pace)."""
-    for line in log.splitlines():
-        if "evaluation finished" in line:
-            return float(line.split("evaluation finished ")[1].split(" s")[0])
-    return 0.0
+def evaluation_tail_s(job: JobResult) -> float:
+    """How long evaluation ran on after the job's last round: summary.json's evaluation_tail_s (NaN: none)."""
+    tail = job.summary.get("evaluation_tail_s")
+    return math.nan if tail is None else float(tail)
 
 
 if __name__ == "__main__":

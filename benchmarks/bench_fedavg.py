@@ -1,26 +1,27 @@
 """FedAvg.py end to end: accuracy, and the cost of the FL machinery over bare training.
 
-Every figure comes from real FedAvg.py jobs (subprocesses; metrics.csv and train.log of their --out_dir):
+Every figure comes from real FedAvg.py jobs (subprocesses; metrics.csv and summary.json of their --out_dir):
 
 - accuracy: 4 clients, MNIST, MLP, non-IID, lr 0.01, 10 rounds of 5 local epochs must end at >= 95 %.
 - overhead: 4 clients, 1 local epoch per round, no emulated link, no server evaluation (--eval_every 0, so
   nothing competes with the clients for the cores). The mean steady-state round time (round_s, rounds
   2..R) must be at most 1.05x the time the same 4 shards take as 4 bare training loops in 4 concurrent
   processes (one thread each, plain SGD over shuffled batches of in-memory tensors, no communication),
-  each round started together by a barrier and timed by its slowest process. Bare and FL runs alternate.
+  each round started together by a barrier and timed by its slowest process. Bare and FL runs alternate;
+  the bare loops' shards must be the job's (summary.json's client_samples).
 
 Start-up and shutdown: bench_startup.py.
 
     python benchmarks/bench_fedavg.py --data_dir ./data
     python benchmarks/bench_fedavg.py --data_dir ./data --only overhead --overhead_repeats 3
 
-About 4 minutes on 2 cores.
+Time: about 4 minutes on 2 cores.
+Figures: docs/benchmarks.md (FedAvg accuracy, and FedAvg round vs bare training loops).
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import re
 import statistics
 import sys
 import time
@@ -31,7 +32,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from jobs import add_job_options, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
+from jobs import JobResult, add_job_options, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
 
 from Networks import build_model  # noqa: E402
 from Utils.data.datasets import load_dataset  # noqa: E402
@@ -43,10 +44,9 @@ SEED, LR, BATCH_SIZE, PARTITION = 2020, 0.01, 32, "noniid"
 
 # ---------------------------------------------------------------------------------------------- jobs
 
-def logged_shard_sizes(log: str) -> list[int]:
-    """The server's "N clients, 21,600, 23,500, ... samples each" line (thousands separators have no space)."""
-    found = re.search(r"\d+ clients, (.+?) samples each", log)
-    return [int(part.replace(",", "")) for part in found.group(1).split(", ")] if found else []
+def shard_sizes(job: JobResult) -> list[int]:
+    """Each client's training samples, client 1 first: summary.json's client_samples ([] when absent)."""
+    return [int(size) for size in job.summary.get("client_samples") or []]
 
 
 def mnist_mlp_options(args, world_size: int, rounds: int, epochs: int, *, evaluate: bool) -> list[str]:
@@ -134,7 +134,7 @@ def section_overhead(args, work: Path, verdicts: list) -> None:
         options = mnist_mlp_options(args, clients + 1, rounds, 1, evaluate=False)
         job = run_job("FedAvg.py", options, work / f"overhead-{repeat + 1}", args.job_timeout)
         fl_means.append(steady_mean(job.rows, "round_s"))
-        fl_shards = logged_shard_sizes(job.log)
+        fl_shards = shard_sizes(job)
         if fl_shards != shards:
             sys.exit(f"the bare loops' shards {shards} differ from the FL job's {fl_shards}")
     bare, fl = statistics.fmean(bare_means), statistics.fmean(fl_means)

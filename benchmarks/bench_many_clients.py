@@ -5,9 +5,10 @@ Sections (--only), side by side in one run:
 - rounds: MNIST/MLP, 100 clients on McMahan's pathological split (two label shards each), 10 sampled per
   round, on 4 client ranks (--world_size 5 --num_clients 100 --clients_per_round 10), 1 local epoch, lr 0.05,
   FedAvg.py and AsyncFedAvg.py (its defaults) on the calibrated link (a pilot FedAvg job without a link
-  measures one round's training T; one rank's uploads + download then take T). Rounds to 97 % against
-  McMahan et al. 2017, Table 1 (2NN, E = 1, B = 10, C = 0.1, pathological non-IID): 664 rounds, with their
-  batch of 10 and a tuned learning rate; here batch 32 as Flower's job, so more rounds are expected.
+  measures one round's training T; one rank's uploads + download then take T: jobs.calibrated_link).
+  Rounds to 97 % against McMahan et al. 2017, Table 1 (2NN, E = 1, B = 10, C = 0.1, pathological non-IID):
+  664 rounds, with their batch of 10 and a tuned learning rate; here batch 32 as Flower's job, so more
+  rounds are expected.
 - hosting: the round time of that job without a link and without evaluation, against 4 clients (one per
   rank) training the same number of samples a round (10 x 600 = 6,000: --max_train_samples 6000, IID).
   Target: <= 1.2x.
@@ -19,6 +20,10 @@ Sections (--only), side by side in one run:
   process, sampled every 0.2 s as benchmarks/bench_memory.py does).
 
     python benchmarks/bench_many_clients.py --data_dir ./data --peers_python /tmp/peers/venv/bin/python
+
+Time: about 15 minutes on 2 cores (an estimate: it has not been timed whole; the rounds section's 2 x 100
+rounds take most of it).
+Figures: none recorded yet; docs/many-clients.md ("Measured") describes what it measures.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from jobs import (  # noqa: E402
     JobResult,
     add_job_options,
     calibrated_link,
+    link_options,
     read_metrics,
     report_and_exit,
     run_job,
@@ -85,7 +91,7 @@ def section_rounds(args, work: Path, verdicts: list) -> None:
           f"mean round s |")
     print("|---|---|---|---|")
     for name, script in (("FedAvg", "FedAvg.py"), ("Overlap-FedAvg", "AsyncFedAvg.py")):
-        job = run_job(script, [*base, "--max_epoch", str(args.rounds), *link.options()], work / f"rounds-{name}",
+        job = run_job(script, [*base, "--max_epoch", str(args.rounds), *link_options(link)], work / f"rounds-{name}",
                       args.job_timeout)
         at = [job.rows[min(r, len(job.rows)) - 1]["accuracy"] for r in (5, 20, len(job.rows))]
         print(f"| {name} | {rounds_to_target(job)} | {' / '.join(f'{a:.4f}' for a in at)} | "

@@ -11,10 +11,13 @@ clients train on the whole set, for a single round.
     python benchmarks/bench_memory.py --data_dir ./data
     python benchmarks/bench_memory.py --data_dir ./data --repo /tmp/before --world_sizes 3 9 17
 
-The launcher's own estimate (its "memory: about X GB" line) is printed beside the measurement. Target: the
-largest job's total (peak summed PSS) at most 3x the smallest's. About 3.5 minutes on 2 cores. A job is
-stopped when MemAvailable falls below --min_available_mb (before ranks loaded only their own rows, a
-17-process CIFAR-10 job peaked at about 20 GB).
+The launcher's own estimate (its "memory: about X GB" line, timestamped on arrival like every output line)
+is printed beside the measurement. Target: the largest job's total (peak summed PSS) at most 3x the
+smallest's. A job is stopped when MemAvailable falls below --min_available_mb (before ranks loaded only
+their own rows, a 17-process CIFAR-10 job peaked at about 20 GB).
+
+Time: about 3.5 minutes on 2 cores.
+Figures: docs/benchmarks.md (memory of all processes; docs/processes.md cites them).
 """
 from __future__ import annotations
 

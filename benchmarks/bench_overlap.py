@@ -1,13 +1,14 @@
 """FedAvg and Overlap-FedAvg side by side in one run: same seed, data, model and emulated link.
 
-Every figure comes from real FedAvg.py / AsyncFedAvg.py jobs (subprocesses; metrics.csv and train.log of
-their --out_dir). 4 clients, MNIST, MLP, non-IID, seed 2020; AsyncFedAvg.py with its defaults.
+Every figure comes from real FedAvg.py / AsyncFedAvg.py jobs (subprocesses; the metrics.csv of their
+--out_dir). 4 clients, MNIST, MLP, non-IID, seed 2020; AsyncFedAvg.py with its defaults.
 
 - overlap: one round's training is what a FedAvg round adds to its upload + download on the link:
   FedAvg round_s - link time (the slowest client's concurrent training, the server's update and the
   hand-overs). A pilot FedAvg job without a link gives a first estimate; a FedAvg job on a link that
   long measures the training under the conditions of the runs, and the link is set so that one upload
-  + one download take that long: 2 * (latency + 8 * bytes / bandwidth) = training. On that link
+  + one download take that long: 2 * (latency + 8 * bytes / bandwidth) = training (jobs.calibrated_link,
+  the benchmarks' one calibration, given that training). On that link
   (--bandwidth, --latency on both scripts, --eval_every 0), FedAvg and Overlap-FedAvg run
   --overlap_repeats times, alternating, and the training in max(training, communication) comes from
   those same FedAvg runs: this shared 2-core machine drifts by 10-40 % between jobs a few minutes apart,
@@ -21,7 +22,8 @@ their --out_dir). 4 clients, MNIST, MLP, non-IID, seed 2020; AsyncFedAvg.py with
     python benchmarks/bench_overlap.py --data_dir ./data
     python benchmarks/bench_overlap.py --data_dir ./data --only overlap --bandwidth 10 --latency 10
 
-About 5 minutes on 2 cores.
+Time: about 5 minutes on 2 cores.
+Figures: docs/benchmarks.md (the Overlap round and the Overlap accuracy).
 """
 from __future__ import annotations
 
@@ -37,6 +39,10 @@ from jobs import (  # noqa: E402
     JobResult,
     Link,
     add_job_options,
+    calibrated_link,
+    exchange_s,
+    link_options,
+    message_bytes,
     report_and_exit,
     run_job,
     steady_mean,
@@ -49,9 +55,10 @@ NUM_CLIENTS = 4
 
 # ---------------------------------------------------------------------------------------------- jobs
 
-def training_on_link_s(fedavg: JobResult, link: Link, message_bytes: tuple[float, float]) -> float:
-    """One round's training in a FedAvg job on `link`: its mean round time less the link's upload + download."""
-    return steady_mean(fedavg.rows, "round_s") - link.exchange_s(*message_bytes)
+def training_on_link_s(fedavg: JobResult, link: Link, sizes: tuple[float, float]) -> float:
+    """One round's training in a FedAvg job on `link`: its mean round time less the link's upload + download
+    of messages of `sizes` (one upload, one download)."""
+    return steady_mean(fedavg.rows, "round_s") - exchange_s(link, *sizes)
 
 
 class Bench:
@@ -71,7 +78,7 @@ class Bench:
         if not evaluate:
             options += ["--eval_every", "0"]
         if link is not None:
-            options += link.options()
+            options += link_options(link)
         if args.max_train_samples:
             options += ["--max_train_samples", str(args.max_train_samples)]
         return options
@@ -82,15 +89,6 @@ class Bench:
         return {name: run_job(script, options, self.work / f"{tag}-{name}", self.args.job_timeout)
                 for name, script in (("FedAvg", "FedAvg.py"), ("Overlap", "AsyncFedAvg.py"))}
 
-    def link_for(self, training_s: float) -> Link:
-        """The link on which one upload + one download take comm_over_train x training_s."""
-        args = self.args
-        budget_s = args.comm_over_train * training_s - 2 * args.latency / 1000
-        if budget_s <= 0:
-            sys.exit(f"--latency {args.latency} ms alone exceeds the communication budget "
-                     f"({args.comm_over_train} x {training_s:.3f} s of training per round)")
-        return Link(8 * sum(self.message_bytes) / budget_s / 1e6, args.latency)
-
     def ensure_link(self) -> Link:
         """The emulated link: --bandwidth if given, else calibrated so that comm ~= training on the link."""
         if self.link is not None:
@@ -100,23 +98,22 @@ class Bench:
               "(means over rounds 2..R)")
         pilot = run_job("FedAvg.py", self.options(args.pilot_rounds, 1, evaluate=False, link=None),
                         self.work / "pilot-FedAvg", args.job_timeout)
-        first = pilot.rows[0]
-        self.message_bytes = (first["bytes_up"] / NUM_CLIENTS, first["bytes_down"] / NUM_CLIENTS)
+        self.message_bytes = message_bytes(pilot, NUM_CLIENTS)
         print(f"messages: upload {self.message_bytes[0]:,.0f} B, download {self.message_bytes[1]:,.0f} B")
         if args.bandwidth:
             self.link = Link(args.bandwidth, args.latency)
             print(f"link (given): {args.bandwidth:g} Mbit/s, {args.latency:g} ms")
             return self.link
         first_estimate = steady_mean(pilot.rows, "round_s")
-        guess = self.link_for(first_estimate)
+        guess = calibrated_link(pilot, NUM_CLIENTS, args.comm_over_train, args.latency)
         on_link = run_job("FedAvg.py", self.options(args.pilot_rounds, 1, evaluate=False, link=guess),
                           self.work / "pilot-on-link-FedAvg", args.job_timeout)
         training_s = training_on_link_s(on_link, guess, self.message_bytes)
-        self.link = self.link_for(training_s)
+        self.link = calibrated_link(pilot, NUM_CLIENTS, args.comm_over_train, args.latency, training_s=training_s)
         print(f"without a link: round {first_estimate:.3f} s; on a {guess.bandwidth_mbit:.3f} Mbit/s link: round "
               f"{steady_mean(on_link.rows, 'round_s'):.3f} s, of which training {training_s:.3f} s")
         print(f"link {self.link.bandwidth_mbit:.3f} Mbit/s, {self.link.latency_ms:g} ms: upload + download "
-              f"{self.link.exchange_s(*self.message_bytes):.3f} s")
+              f"{exchange_s(self.link, *self.message_bytes):.3f} s")
         return self.link
 
 
@@ -125,7 +122,7 @@ class Bench:
 def section_overlap(bench: Bench) -> None:
     args = bench.args
     link = bench.ensure_link()
-    comm_s = link.exchange_s(*bench.message_bytes)
+    comm_s = exchange_s(link, *bench.message_bytes)
     print(f"\n## Overlap: 1 local epoch x {args.overlap_rounds} rounds on the link, --eval_every 0, "
           f"means over rounds 2..R, {args.overlap_repeats} alternating repeat(s)")
     print("| repeat | algorithm | round_s | train_s (mean client) | comm_s (mean upload+download job) | comm_wait_s |")

@@ -1,10 +1,10 @@
 """Does the server's memory stay O(model) as clients are added (streaming aggregation, README "The algorithm")?
 
 Tiny real jobs (FedAvg.py and AsyncFedAvg.py, 2 rounds of 1 batch per client, no evaluation) with 2, 4
-and 8 clients (world sizes 3, 5, 9) on a model of at least 10 M parameters; each reads the server's
-"server peak resident memory X MB" line from train.log (VmHWM, MB = 2**20 bytes). Target: the peak grows
-by less than one model copy from the fewest to the most clients, for FedAvg and for Overlap-FedAvg's
-server-side compensation (`secant`). The client merge (AsyncFedAvg.py's default) keeps every client's last
+and 8 clients (world sizes 3, 5, 9) on a model of at least 10 M parameters; each reads the server's peak
+from summary.json (peak_resident_mb[0]: VmHWM, MB = 2**20 bytes). Target: the peak grows by less than one
+model copy from the fewest to the most clients, for FedAvg and for Overlap-FedAvg's server-side
+compensation (`secant`). The client merge (AsyncFedAvg.py's default) keeps every client's last
 upload for the checkpoint by design, in up to three generations while the checkpoint thread writes
 (Utils.memory.merge_state_copies): its peak may grow by three copies per added client, plus less than one.
 
@@ -16,12 +16,13 @@ too.
     python benchmarks/bench_server_memory.py --data_dir ./data
     python benchmarks/bench_server_memory.py --data_dir ./data --dataset cifar10 --model resnet
 
-About 3 minutes on 2 cores.
+Time: about 3 minutes on 2 cores.
+Figures: docs/benchmarks.md (the server peak memory; docs/processes.md cites them).
 """
 from __future__ import annotations
 
 import argparse
-import re
+import math
 import shlex
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from jobs import report_and_exit, run_job  # noqa: E402
+from jobs import JobResult, report_and_exit, run_job  # noqa: E402
 
 # name -> (script, options): FedAvg, Overlap-FedAvg with a server-side compensation, and with the client merge.
 METHODS = {"fedavg": ("FedAvg.py", []), "secant": ("AsyncFedAvg.py", ["--compensation", "secant"]),
@@ -41,14 +42,15 @@ from Utils.data.text import BPTT  # noqa: E402
 from Utils.flat import model_size  # noqa: E402
 
 SEED = 2020
-MB = 2**20   # as train.log's figure (kB / 1024)
+MB = 2**20   # as summary.json's peak_resident_mb (VmHWM kB / 1024)
 
 
-def logged_peak_mb(log: str) -> float:
-    found = re.search(r"server peak resident memory during the rounds ([\d.]+) MB", log)
-    if not found:
-        sys.exit("train.log has no 'server peak resident memory' line")
-    return float(found.group(1))
+def server_peak_mb(job: JobResult) -> float:
+    """The server's peak resident memory during the rounds: summary.json's peak_resident_mb[0]."""
+    peaks = job.summary.get("peak_resident_mb") or [None]
+    if peaks[0] is None or math.isnan(peaks[0]):
+        sys.exit(f"the job's summary.json has no server peak (peak_resident_mb: {peaks}): {job.command}")
+    return float(peaks[0])
 
 
 def main() -> None:
@@ -94,8 +96,8 @@ def main() -> None:
                            "--partition", "iid", "--batch_size", str(args.batch_size), "--max_epoch", str(args.rounds),
                            "--client_epoch", "1", "--eval_every", "0", "--seed", str(SEED),
                            "--max_train_samples", str(train_size(world_size)), "--data_dir", args.data_dir, *extra]
-                log = run_job(script, options, work / f"{method}-ws{world_size}", args.job_timeout).log
-                peaks[world_size] = logged_peak_mb(log)
+                job = run_job(script, options, work / f"{method}-ws{world_size}", args.job_timeout)
+                peaks[world_size] = server_peak_mb(job)
             smallest = peaks[world_sizes[0]]
             print(f"\n## {method} ({shlex.join([script, *extra])}): server peak resident memory, {args.rounds} "
                   f"rounds, batch {args.batch_size}, 1 batch per client per round, --eval_every 0")

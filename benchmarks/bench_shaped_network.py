@@ -14,7 +14,10 @@ It needs root (namespaces, veth, tc) and iproute2; without them it says so in on
 deletes its namespaces, which takes their veths, bridge and qdiscs with them, when it ends, fails or is
 interrupted (Ctrl-C, SIGTERM, SIGHUP), and deletes stale ones of an earlier run that was killed outright.
 
-    sudo python benchmarks/bench_shaped_network.py --data_dir ./data     # about 4 minutes on 2 cores
+    sudo python benchmarks/bench_shaped_network.py --data_dir ./data
+
+Time: about 4 minutes on 2 cores (as root).
+Figures: docs/benchmarks.md and docs/network.md ("The shaped-network check").
 """
 from __future__ import annotations
 
@@ -30,7 +33,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
-from jobs import COMMANDS, JobResult, read_metrics, report_and_exit, run_job, steady_mean, work_directory  # noqa: E402
+from jobs import (  # noqa: E402
+    COMMANDS,
+    JobResult,
+    read_metrics,
+    read_summary,
+    report_and_exit,
+    run_job,
+    steady_mean,
+    work_directory,
+)
 
 NAMESPACE_PREFIX = "ofa-shaped-"
 SUBNET = "10.77.0"
@@ -146,8 +158,7 @@ class ShapedStar:
                 if process.poll() is None:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
-        return JobResult(COMMANDS[-1], read_metrics(out_dir), (out_dir / "train.log").read_text(),
-                         time.perf_counter() - began)
+        return JobResult(COMMANDS[-1], read_metrics(out_dir), read_summary(out_dir), time.perf_counter() - began)
 
 
 def _stop(signum, frame) -> None:

@@ -3,7 +3,8 @@
 The job is the peers' (../shared/peers/README.md): FedAvg.py on MNIST, MLP, 5 rounds of 1 local epoch, lr 0.01,
 batch 32, run from --repo as a subprocess. Seconds from launch (time.time() just before Popen) to:
 
-- G_0 sent: the server's "start-up X s (launch to G_0 sent)" (X counts from the launcher's process start);
+- G_0 sent: summary.json's startup_s (it counts from the launcher's process start); for a checkout that writes
+  none (--repo), the arrival of the server's "start-up" line;
 - end of round 1: wall_s of round 1 in metrics.csv (when G_1 was sent);
 - exit: the launcher's exit.
 
@@ -18,35 +19,30 @@ to exit (FedLab: from its "[fedlab] round 5" line; ours: from the "done:" line, 
     python benchmarks/bench_startup.py --data_dir ./data
     python benchmarks/bench_startup.py --data_dir ./data --repo /tmp/before --world_sizes 5 9
 
-About 5 minutes on 2 cores.
+Time: about 5 minutes on 2 cores.
+Figures: docs/benchmarks.md (start-up and shutdown by world size, and against FedLab).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import re
 import shlex
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_memory import MB, SampledRun, check, run_sampled  # noqa: E402
-from jobs import logged_startup_s  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from bench_memory import MB, SampledRun, check, run_sampled  # noqa: E402
+from jobs import read_metrics, read_summary  # noqa: E402
+
+from Utils.transport import free_port  # noqa: E402
+
 FEDLAB_WORLD_SIZE = 5   # fedlab_mnist.py: the server and 4 clients
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def arrival(run: SampledRun, pattern: str) -> float:
@@ -71,12 +67,12 @@ def run_ours(args, repo: Path, work: Path, world_size: int, name: str, commands:
     commands.append(f"(cd {repo} && {shlex.join(command)})")
     run = run_sampled(command, repo, args.job_timeout, pss=False)
     check(run, repo)
-    with (out_dir / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metrics(out_dir)
     if not rows:
         sys.exit(f"{out_dir}/metrics.csv has no rounds:\n{run.tail()}")
-    g0 = logged_startup_s("".join(text for _, text in run.lines))
-    return figures(run, r"\] INFO done: ", float(rows[0]["wall_s"]), g0)
+    g0 = read_summary(out_dir).get("startup_s")   # an older checkout: when its start-up line arrived
+    g0 = arrival(run, r"\bstart-up [\d.]+ s") if g0 is None else float(g0)
+    return figures(run, r"\] INFO done: ", rows[0]["wall_s"], g0)
 
 
 def run_fedlab(args, commands: list) -> dict:

@@ -2,21 +2,24 @@
 
 MNIST/MLP, 4 non-IID clients, 1 local epoch per round, seed 2020, evaluated every round. A pilot FedAvg job
 without a link measures one round's training T; every client's link is then set so that one upload + one
-download take T (the regime the method is for). Three cases, each run with FedAvg.py and AsyncFedAvg.py
-(its defaults), side by side in one run:
+download take T (jobs.calibrated_link; the regime the method is for). Three cases, each run with FedAvg.py
+and AsyncFedAvg.py (its defaults), side by side in one run:
 
 - even: every client on that link, training at the machine's speed;
 - slow link: client 1's bandwidth a quarter of the others' (--bandwidth B/4,B,B,B);
 - slow training: client 1 trains 4x slower (--slowdown 4,1,1,1: it waits 3x its training time).
 
-Each case prints the mean round time (rounds 2..R), the time to 95 % after start-up and its round, the
-final accuracy, and how often the server waited for each client (metrics.csv's waited_for). With
-communication C = T, the rounds should come out near these (one client's work bounds a synchronous round):
-FedAvg T + C = 2T even, T + 4C = 5T with the slow link, 4T + C = 5T with the slow training; Overlap
-max(T, C) = T even, max(T, 4C) = 4T and max(4T, C) = 4T. The numbers of a run do not change (the same seed
-gives the same accuracy per round whoever is slow): only time does. No target: reported (INFO).
+Each case prints the mean round time (rounds 2..R), the time to 95 % after start-up (summary.json's
+startup_s) and its round, the final accuracy, and how often the server waited for each client (metrics.csv's
+waited_for). With communication C = T, the rounds should come out near these (one client's work bounds a
+synchronous round): FedAvg T + C = 2T even, T + 4C = 5T with the slow link, 4T + C = 5T with the slow
+training; Overlap max(T, C) = T even, max(T, 4C) = 4T and max(4T, C) = 4T. The numbers of a run do not change
+(the same seed gives the same accuracy per round whoever is slow): only time does. No target: reported (INFO).
 
-    python benchmarks/bench_stragglers.py --data_dir ./data      # about 8 minutes on 2 cores
+    python benchmarks/bench_stragglers.py --data_dir ./data
+
+Time: about 8 minutes on 2 cores.
+Figures: none recorded yet; docs/network.md ("Clients that differ") describes the options it exercises.
 """
 from __future__ import annotations
 
@@ -31,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 from jobs import (  # noqa: E402
     JobResult,
     calibrated_link,
-    logged_startup_s,
     report_and_exit,
     run_job,
+    startup_s,
     steady_mean,
     work_directory,
 )
@@ -51,7 +54,7 @@ def time_to_target(job: JobResult) -> str:
     reached = first_reaching(job.rows, "accuracy", TARGET)
     if reached is None:
         return "not reached"
-    return f"{reached['wall_s'] - logged_startup_s(job.log):.1f} s (round {int(reached['round'])})"
+    return f"{reached['wall_s'] - startup_s(job):.1f} s (round {int(reached['round'])})"
 
 
 def waited_for(job: JobResult) -> str:

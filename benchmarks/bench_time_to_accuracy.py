@@ -7,16 +7,18 @@ comes from real FedAvg.py / AsyncFedAvg.py jobs (4 non-IID clients, seed 2020), 
   mnist-e5 (5 local epochs, 8 rounds), fmnist-e1 and fmnist-e5 (Fashion-MNIST/MnistNet on a 3,000-sample
   subset, which costs about 50x the MLP per sample on a CPU; 12 and 6 rounds; targets 65/70/75 %).
 - link: a pilot FedAvg job without a link (--eval_every 0) measures one round's training T (mean round_s,
-  rounds 2..R); the link is then set so that one upload + one download take comm_over_train x T, for each
-  value of --regimes: 1 (communication as long as training, the regime the method is for) and 0.2.
+  rounds 2..R); the link is then set so that one upload + one download take comm_over_train x T
+  (jobs.calibrated_link), for each value of --regimes: 1 (communication as long as training, the regime
+  the method is for) and 0.2.
 - algorithms on that link (--algorithms): FedAvg; FedAvgM (FedAvg.py --mom 0.9 --server_lr 0.4: the
   Nesterov server step Overlap-FedAvg can use, as a reference for a server optimizer without the overlap);
   Overlap-FedAvg with AsyncFedAvg.py's defaults (plus --overlap_options), the one the targets judge; and
   variants beside it: the server-side secant compensation, and the client merge with another merge weight
   and with server momentum.
 - time to target: wall_s of the first round whose accuracy reaches the target, less the start-up
-  (launch to G_0 sent), so that it counts only training and communication. The server evaluates on a
-  background thread at the lowest CPU priority, so evaluation takes only the cycles the clients leave.
+  (summary.json's startup_s: launch to G_0 sent), so that it counts only training and communication. The
+  server evaluates on a background thread at the lowest CPU priority, so evaluation takes only the cycles
+  the clients leave.
 
 Targets (regime 1, Overlap with the defaults): it reaches 95 % on mnist-e1 in at most 0.62x FedAvg's time
 and 97 % on mnist-e5 in at most 0.65x; on MNIST its accuracy at every round from round 3 on is within 0.5
@@ -26,7 +28,9 @@ fall more than FedAvg's own largest fall there plus 1 point. Other rows are repo
     python benchmarks/bench_time_to_accuracy.py --data_dir ./data
     python benchmarks/bench_time_to_accuracy.py --data_dir ./data --settings mnist-e1 --regimes 1
 
-About 4 minutes per algorithm and regime on 2 cores for the four settings.
+Time: about 4 minutes per algorithm and regime on 2 cores for the four settings (the defaults, 6 algorithms x
+2 regimes: about 50 minutes).
+Figures: docs/benchmarks.md (the time-to-accuracy rows; docs/defaults.md cites them).
 """
 from __future__ import annotations
 
@@ -44,9 +48,10 @@ from jobs import (  # noqa: E402
     JobResult,
     Link,
     calibrated_link,
-    logged_startup_s,
+    link_options,
     report_and_exit,
     run_job,
+    startup_s,
     steady_mean,
     work_directory,
 )
@@ -95,13 +100,13 @@ def job_options(args, setting: Setting, *, evaluate: bool, link: Link | None) ->
         options += ["--max_train_samples", str(setting.subset)]
     if not evaluate:
         options += ["--eval_every", "0"]
-    return options + (link.options() if link else [])
+    return options + (link_options(link) if link else [])
 
 
 def time_to(job: JobResult, target: float) -> tuple[float, int] | None:
     """(seconds after start-up, round) at which the job first reached `target`, or None."""
     reached = first_reaching(job.rows, "accuracy", target)
-    return None if reached is None else (reached["wall_s"] - logged_startup_s(job.log), int(reached["round"]))
+    return None if reached is None else (reached["wall_s"] - startup_s(job), int(reached["round"]))
 
 
 def run_setting(args, name: str, work: Path, verdicts: list) -> None:

@@ -6,8 +6,8 @@ Two measurements, written to docs/compensation-limits.md:
    e -> (1 - a) e per round), the stale update with a scalar C, momentum mu and server lr is a linear map of
    (e_w, e_prev, buf). Its spectral radius rho is the contraction per Overlap round, so Overlap takes
    log(1 - a) / (2 log rho) of FedAvg's time there (an Overlap round costs T, a FedAvg round 2T when upload
-   + download take T). The script searches a grid of (C, mu, server_lr) for the setting whose slowest
-   direction is fastest, over a from 0.01 (flat) to 0.9 (stiff).
+   + download take T: ablation.round_time). The script searches a grid of (C, mu, server_lr) for the setting
+   whose slowest direction is fastest, over a from 0.01 (flat) to 0.9 (stiff).
 2. The real MNIST jobs, replayed in one process (Utils.tools.replay, the same numbers as FedAvg.py /
    AsyncFedAvg.py), with server updates that know g(w): the pseudo-gradient the uploads would have had had
    they started from w, obtained by training the clients from w a second time. A server cannot do that (it
@@ -21,7 +21,8 @@ Overlap-FedAvg arrives after (n + 1) T, FedAvg's after 2n T.
     python benchmarks/compensation_limits.py --data_dir ./data
     python benchmarks/compensation_limits.py --data_dir ./data --settings mnist-e1 --out /tmp/limits.md
 
-About 15 minutes on one core (the hindsight rows train every round twice).
+Time: about 15 minutes on one core (the hindsight rows train every round twice).
+Figures: docs/compensation-limits.md (docs/defaults.md and docs/benchmarks.md cite them).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from ablation import modelled_ratio, rounds_to  # noqa: E402
+from ablation import modelled_ratio, round_time, rounds_to  # noqa: E402
 from bench_time_to_accuracy import NUM_CLIENTS, SETTINGS  # noqa: E402
 
 from Utils.aggregation import compensated_gradient, secant_coefficient  # noqa: E402
@@ -64,12 +65,13 @@ def pipeline_rate(a: float, coef: float, momentum: float = 0.0, server_lr: float
 
 
 def time_ratio(a: float, rate: float) -> float:
-    """Overlap's time over FedAvg's to shrink the error of that direction equally (inf: it never does)."""
+    """Overlap's time over FedAvg's to shrink the error of that direction equally (inf: it never does): the
+    rounds each needs, log(1 - a) / log(rate) of FedAvg's, times what a round costs in ablation's time model."""
     if rate >= 1.0:
         return math.inf
     if rate == 0.0:
         return 0.0
-    return math.log(1.0 - a) / (2.0 * math.log(rate))
+    return round_time("AsyncFedAvg.py") * math.log(1.0 - a) / (round_time("FedAvg.py") * math.log(rate))
 
 
 def best_scalar_setting(coefs: Sequence[float], momenta: Sequence[float], server_lrs: Sequence[float]):
@@ -101,7 +103,7 @@ def hindsight_step(replay: ScheduleReplay, groups: Sequence[slice] | None, *,
         avg = uploads_average(prev, uploads)
         if torch.equal(w, prev):
             return avg
-        at_current = w - uploads_average(w, replay.uploads(w, u - 1))
+        at_current = w - uploads_average(w, replay.uploads(w, u))
         coef = hindsight_coefficient(prev - avg, at_current, w - prev, groups, per_coordinate=per_coordinate)
         return w - compensated_gradient(prev, avg, w, coef)
     return step

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU path in one command (about 8 minutes on one H200): the CUDA tests, the official README's FedAvg and
-# Overlap-FedAvg commands with their five ranks sharing GPU 0, and a paper-scale slice (CIFAR-10/VGG and
-# ResNet on full data, FedAvg and Overlap-FedAvg with the defaults, 5 local epochs a round, on the calibrated
-# link). Everything lands under one folder: the test output, each run's directory (metrics.csv,
-# summary.json, train.log), the slice's RESULTS.md and plots, and report.md, which sums them up.
+# The GPU path in one command: the CUDA tests, the official commands and a paper-scale slice on one GPU.
+#
+# The CUDA tests, the official README's FedAvg and Overlap-FedAvg commands with their five ranks sharing
+# GPU 0, and a paper-scale slice (CIFAR-10/VGG and ResNet on full data, FedAvg and Overlap-FedAvg with the
+# defaults, 5 local epochs a round, on the calibrated link). Everything lands under one folder: the test
+# output, each run's directory (metrics.csv, summary.json, train.log), the slice's RESULTS.md and plots, and
+# report.md, which sums them up.
 #
 #   bash benchmarks/gpu_check.sh [OUT]          # OUT defaults to runs/gpu-check
 #
@@ -13,6 +15,9 @@
 # default 2); PYTHON (default python). Each part has a time limit, so the whole stays near 8 minutes; a part
 # that runs out says so in report.md and the next one starts. GPU_CHECK_DRY_RUN=1 runs the whole script on
 # the CPU at smoke sizes (tests/test_devices.py does, so that a GPU's minutes are not spent on a script error).
+#
+# Time: about 8 minutes on one H200 (each part has a time limit; so far run end to end only as a CPU dry run).
+# Figures: OUT/report.md; none recorded in a doc yet (docs/gpu.md describes the check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/gpu-check}

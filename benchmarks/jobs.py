@@ -5,15 +5,19 @@ its figures as markdown tables with the exact command lines it ran and one PASS 
 (INFO where there is none), and exits 1 when a target is missed. Run directories go to a temporary
 directory deleted at exit, unless --work_dir keeps them. Timing needs a quiet machine: every job shares
 the cores with whatever else runs.
+
+What a job leaves behind is read through two files only (docs/outputs.md): metrics.csv (read_metrics) and
+summary.json (read_summary); no benchmark reads train.log. The emulated link is Utils.transport.Link, and
+calibrated_link is the one calibration of "a link on which upload + download take one round's training".
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import csv
+import json
 import math
 import os
-import re
 import shlex
 import signal
 import statistics
@@ -26,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from Utils.transport import Link  # noqa: E402
+
 COMMANDS: list[str] = []   # every job command line, printed at the end of a benchmark
 
 
@@ -33,33 +40,41 @@ COMMANDS: list[str] = []   # every job command line, printed at the end of a ben
 class JobResult:
     command: str
     rows: list[dict]    # metrics.csv, numbers as floats (NaN where empty)
-    log: str            # the server's train.log
+    summary: dict       # summary.json ({} when the job wrote none)
     elapsed_s: float    # the whole subprocess, interpreter start to exit
     status: int = 0     # the job's exit status (non-zero only with run_job(check=False))
 
 
-@dataclass(frozen=True)
-class Link:
-    bandwidth_mbit: float
-    latency_ms: float
-
-    def options(self) -> list[str]:
-        return ["--bandwidth", f"{self.bandwidth_mbit:.6g}", "--latency", f"{self.latency_ms:g}"]
-
-    def exchange_s(self, upload_bytes: float, download_bytes: float) -> float:
-        """One upload + one download on this link: the transport's latency + 8 * bytes / bandwidth, twice."""
-        return 2 * self.latency_ms / 1000 + 8 * (upload_bytes + download_bytes) / (self.bandwidth_mbit * 1e6)
+def link_options(link: Link) -> list[str]:
+    """The --bandwidth / --latency options of both scripts that put every client on `link`."""
+    options = [] if link.bandwidth_mbit is None else ["--bandwidth", f"{link.bandwidth_mbit:.6g}"]
+    return options + ["--latency", f"{link.latency_ms:g}"]
 
 
-def calibrated_link(pilot: JobResult, num_clients: int, comm_over_train: float, latency_ms: float) -> Link:
-    """The link on which one upload + one download take comm_over_train x one round's training, measured by a
-    pilot job without a link and without evaluation (mean round_s of rounds 2..R; message sizes of round 1)."""
-    training_s = steady_mean(pilot.rows, "round_s")
-    message_bytes = sum(pilot.rows[0][c] for c in ("bytes_up", "bytes_down")) / num_clients
+def exchange_s(link: Link, upload_bytes: float, download_bytes: float) -> float:
+    """One upload + one download on `link`: the transport's latency + 8 * bytes / bandwidth, twice."""
+    return link.delay_s(upload_bytes) + link.delay_s(download_bytes)
+
+
+def message_bytes(job: JobResult, num_clients: int) -> tuple[float, float]:
+    """One client's upload and download in bytes, from round 1 of a job with num_clients clients a round."""
+    first = job.rows[0]
+    return first["bytes_up"] / num_clients, first["bytes_down"] / num_clients
+
+
+def calibrated_link(pilot: JobResult, num_clients: int, comm_over_train: float, latency_ms: float, *,
+                    training_s: float | None = None, min_budget_s: float | None = None) -> Link:
+    """The link on which one upload + one download take comm_over_train x one round's training T: the one
+    calibration of the benchmarks. The pilot is a FedAvg job without evaluation; T is its mean round_s over
+    rounds 2..R (a job without a link: its round is training), unless training_s gives T; message sizes
+    come from its round 1. When the latency alone exceeds the budget the benchmark exits, unless
+    min_budget_s is given: then the transfers get that much time (smoke sizes, whose figures mean nothing)."""
+    training_s = steady_mean(pilot.rows, "round_s") if training_s is None else training_s
     budget_s = comm_over_train * training_s - 2 * latency_ms / 1000
-    if budget_s <= 0:
+    if budget_s <= 0 and min_budget_s is None:
         sys.exit(f"--latency {latency_ms} ms alone exceeds {comm_over_train} x {training_s:.3f} s of training")
-    return Link(8 * message_bytes / budget_s / 1e6, latency_ms)
+    budget_s = budget_s if min_budget_s is None else max(budget_s, min_budget_s)
+    return Link(8 * sum(message_bytes(pilot, num_clients)) / budget_s / 1e6, latency_ms)
 
 
 def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float, check: bool = True) -> JobResult:
@@ -86,13 +101,25 @@ def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float, ch
     if status != 0 and (check or not (out_dir / "metrics.csv").is_file()):
         tail = job_output.read_text()[-3000:]
         sys.exit(f"job failed with exit status {status}: {COMMANDS[-1]}\n{tail}")
-    return JobResult(COMMANDS[-1], read_metrics(out_dir), (out_dir / "train.log").read_text(), elapsed, status)
+    return JobResult(COMMANDS[-1], read_metrics(out_dir), read_summary(out_dir), elapsed, status)
 
 
 def read_metrics(out_dir: Path) -> list[dict]:
-    """A run directory's metrics.csv, numbers as floats (NaN where empty)."""
+    """A run directory's metrics.csv, numbers as floats (NaN where empty): the one metrics reader."""
     with (out_dir / "metrics.csv").open() as f:
         return [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def read_summary(out_dir: Path) -> dict:
+    """A run directory's summary.json (docs/outputs.md), or {} when the job wrote none."""
+    path = out_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def startup_s(job: JobResult) -> float:
+    """summary.json's startup_s: seconds from launch to G_0 sent (NaN when the job did not say)."""
+    value = job.summary.get("startup_s")
+    return math.nan if value is None else float(value)
 
 
 def _interrupt(signum, frame) -> None:
@@ -130,11 +157,6 @@ def steady_mean(rows: list[dict], column: str) -> float:
     """Mean of a column over rounds 2..R (round 1 is warm-up); round 1 alone when that is all there is."""
     values = [r[column] for r in (rows[1:] or rows) if not math.isnan(r[column])]
     return statistics.fmean(values) if values else math.nan
-
-
-def logged_startup_s(log: str) -> float:
-    found = re.search(r"start-up ([\d.]+) s", log)
-    return float(found.group(1)) if found else math.nan
 
 
 def report_and_exit(verdicts: list[tuple[str, bool | None]]) -> None:

@@ -12,7 +12,8 @@ the server-side secant compensation (--compensation secant: the previous default
 
 - calibrated: one upload + one download take as long as one round's training of that model. A pilot
   FedAvg job without a link (--eval_every 0, 3 rounds) measures that training T; the link follows from
-  the model's message sizes. This is the regime the method is for.
+  the model's message sizes (jobs.calibrated_link, recorded in manifest.json). This is the regime the
+  method is for.
 - realistic: 20 Mbit/s and 30 ms per message, a typical LTE uplink. The emulated link is symmetric, so
   downloads are as slow as uploads, as on a client whose uplink and downlink are both that fast.
 
@@ -25,6 +26,10 @@ The MNIST rows also run AsyncFedAvg.py with the official server settings (--comp
 under --work_dir/ROW/LINK/METHOD; a run whose summary.json exists is complete and is skipped, so an
 interrupted matrix resumes where it stopped; an incomplete one is run again from scratch. At the end,
 benchmarks/results_report.py writes the report (--report) and its plots from the run directories.
+
+Time: --scale quick on 2 cores: the calibrated link's 26 runs took 79 minutes, pilots aside (docs/RESULTS.md);
+both links, with the compressed runs, about 3 hours (an estimate). --scale paper: GPUs (docs/gpu.md).
+Figures: docs/RESULTS.md (through benchmarks/results_report.py).
 """
 from __future__ import annotations
 
@@ -41,7 +46,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
-from jobs import JobResult, Link, job_output_path, run_job, steady_mean  # noqa: E402
+from jobs import (  # noqa: E402
+    JobResult,
+    Link,
+    calibrated_link,
+    job_output_path,
+    link_options,
+    message_bytes,
+    run_job,
+    steady_mean,
+)
 
 from Utils.data.prepare import is_prepared  # noqa: E402
 
@@ -170,13 +184,14 @@ class Matrix:
         scale = row_scale(row, self.args.scale, self.args.rounds)
         links = {}
         for link_name in self.args.links:
-            links[link_name] = REALISTIC_LINK if link_name == "realistic" else self.calibrated_link(row, scale)
+            links[link_name] = REALISTIC_LINK if link_name == "realistic" else self.calibration(row, scale)
         for link_name, link in links.items():
             for method in self.methods(row, link_name):
                 self.run(row, scale, link_name, link, method)
 
-    def calibrated_link(self, row: Row, scale: Scale) -> Link:
-        """The link on which upload + download take one round's training, from a pilot FedAvg job (once)."""
+    def calibration(self, row: Row, scale: Scale) -> Link:
+        """The link on which upload + download take one round's training (jobs.calibrated_link), from a pilot
+        FedAvg job run once per row and recorded in the manifest."""
         record = self.manifest.setdefault("calibration", {}).get(row.name)
         if record is None:
             self.progress(f"{row.name}: pilot FedAvg job, {PILOT_ROUNDS} rounds without a link")
@@ -184,12 +199,11 @@ class Matrix:
             shutil.rmtree(out_dir, ignore_errors=True)
             pilot = run_job("FedAvg.py", job_options(self.args, row, scale, evaluate=False, rounds=PILOT_ROUNDS),
                             out_dir, self.args.job_timeout)
-            training_s = steady_mean(pilot.rows, "round_s")
-            message_bytes = sum(pilot.rows[0][c] for c in ("bytes_up", "bytes_down")) / NUM_CLIENTS
-            budget_s = training_s - 2 * CALIBRATION_LATENCY_MS / 1000
-            bandwidth = 8 * message_bytes / max(budget_s, 1e-3) / 1e6
-            record = {"training_s": training_s, "message_bytes": message_bytes, "bandwidth_mbit": bandwidth,
-                      "latency_ms": CALIBRATION_LATENCY_MS, "command": pilot.command}
+            # smoke sizes train in less than the latency: the transfers then get 1 ms (figures that mean nothing)
+            link = calibrated_link(pilot, NUM_CLIENTS, 1.0, CALIBRATION_LATENCY_MS, min_budget_s=1e-3)
+            record = {"training_s": steady_mean(pilot.rows, "round_s"),
+                      "message_bytes": sum(message_bytes(pilot, NUM_CLIENTS)), "bandwidth_mbit": link.bandwidth_mbit,
+                      "latency_ms": link.latency_ms, "command": pilot.command}
             self.manifest["calibration"][row.name] = record
             self.save_manifest()
         return Link(record["bandwidth_mbit"], record["latency_ms"])
@@ -205,7 +219,7 @@ class Matrix:
         script, extra = METHODS[method]
         self.progress(f"{run_id}: {script} {scale.rounds} rounds x {scale.epochs} epoch(s) on "
                       f"{link.bandwidth_mbit:.3g} Mbit/s + {link.latency_ms:g} ms")
-        job = run_job(script, job_options(self.args, row, scale, evaluate=True) + extra + link.options(),
+        job = run_job(script, job_options(self.args, row, scale, evaluate=True) + extra + link_options(link),
                       out_dir, self.args.job_timeout, check=False)
         if job.status != 0:
             record_divergence(job, out_dir)
@@ -218,11 +232,11 @@ class Matrix:
 
 def record_divergence(job: JobResult, out_dir: Path) -> None:
     """A run that diverged is a result, not a failure: the server's summary.json (from its good rounds) says
-    why. Any other failure stops the matrix (rerunning it resumes)."""
-    path = out_dir / "summary.json"
-    reason = json.loads(path.read_text()).get("diverged") if path.is_file() else None
+    why. Any other failure stops the matrix (rerunning it resumes), with the end of the job's output."""
+    reason = job.summary.get("diverged")
     if reason is None:
-        sys.exit(f"job failed with exit status {job.status}: {job.command}\n{job.log[-3000:]}")
+        tail = job_output_path(out_dir).read_text()[-3000:]
+        sys.exit(f"job failed with exit status {job.status}: {job.command}\n{tail}")
     print(f"  diverged: {reason}")
 
 

@@ -9,6 +9,9 @@ Time to target: each row's target is the level FedAvg reaches on that row, relax
 accuracy x 0.98, or its best perplexity x 1.02, on the calibrated link), because the quick scale's
 subsets end far from the full-data figures. Its time is wall_s of the first round that reaches it, less
 the run's start-up (launch to G_0 sent): training and communication only.
+
+Time: under a minute (no jobs: it reads the run directories and draws one plot per row).
+Figures: docs/RESULTS.md (and docs/results/ROW.png; --readme updates README.md's results table).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from jobs import read_metrics  # noqa: E402
+from jobs import read_metrics, read_summary  # noqa: E402
 
 from Utils.run_log import higher_is_better, time_to_target_s  # noqa: E402
 from Utils.tools.plot import plot_panels, read_run  # noqa: E402
@@ -99,7 +102,7 @@ class Report:
 
     def summary(self, row: str, link: str, method: str) -> dict | None:
         path = self.run_dir(row, link, method)
-        return _summary_json(path) if path else None
+        return read_summary(path) if path else None
 
     def time_to(self, row: str, link: str, method: str, target: float) -> float | None:
         path, summary = self.run_dir(row, link, method), self.summary(row, link, method)
@@ -310,11 +313,6 @@ class Report:
         out = self.plot_dir / f"{name}.png"
         plot_panels(by_round, by_time, out, f"{row['dataset']} / {row['model']}", targets=self.targets(name))
         return out
-
-
-@functools.cache
-def _summary_json(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
 
 
 @functools.cache
