@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from Utils.data.errors import DatasetCorruptError
 from Utils.data.datasets import IMAGE_SPECS, prepare_hint
+from Utils.data.errors import DatasetCorruptError
 
 
 def torchvision_class(name: str) -> type:

@@ -2,10 +2,9 @@
 or Dirichlet label skew; client_shards and limit_training_set apply them to a loaded data set.
 
 Every function is a pure function of its arguments: it draws from its own generator seeded with
-`seed` and never touches the global numpy, torch or `random` state (README, "Determinism"; docs/decisions.md item 11).
-Client i of a returned list is rank i + 1.
+`seed` and never touches the global numpy, torch or `random` state (README, "The algorithm", its paragraph on
+determinism; docs/decisions.md item 11). Entry i of a returned list is client i + 1.
 """
-from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -183,7 +182,7 @@ def dirichlet_partition(labels, num_clients: int, seed: int, alpha: float) -> li
 def partition_samples(
     labels, num_clients: int, scheme: str, seed: int, alpha: float = 0.5, shards_per_client: int = 2
 ) -> list[np.ndarray]:
-    """One int64 index array per client (client i = rank i + 1), pairwise disjoint, together covering every
+    """One int64 index array per client (entry i: client i + 1), pairwise disjoint, together covering every
     sample (noniid and pathological: a remainder smaller than a shard joins the owner of the last shard).
     alpha is used by dirichlet only, shards_per_client by pathological only.
     """
@@ -266,7 +265,7 @@ def _seeded_sorted_subset(count: int, keep: int, seed: int) -> torch.Tensor:
 
 def client_shards(data, num_clients: int, scheme: str, seed: int, alpha: float = 0.5,
                   shards_per_client: int = 2) -> list:
-    """Each client's share of a loaded training set (client i = rank i + 1): sample indices for images,
+    """Each client's share of a loaded training set (entry i: client i + 1): sample indices for images,
     a (start, stop) token slice for text."""
     if isinstance(data, TextData):
         return partition_tokens(len(data.train_tokens), num_clients, scheme, seed, alpha=alpha)

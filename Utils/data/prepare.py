@@ -32,7 +32,6 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
 from Utils.data.datasets import (
     IMAGE_SPECS,
     SPLITS,
@@ -43,6 +42,7 @@ from Utils.data.datasets import (
     read_cache,
     split_problem,
 )
+from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
 from Utils.data.image_files import (
     cifar_batch_files,
     gunzip,
