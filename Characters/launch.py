@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 from Characters.evaluation import max_pending_snapshots
-from Characters.forkserver import start_forkserver
+from Characters.forkserver import start_forkserver, stop_forkserver
 from Characters.rank import run_rank
 from Networks import build_model
 from Utils import transport
@@ -374,10 +374,14 @@ def _terminate(processes, grace_s: float = 5.0) -> None:
 
 
 def exit_process(status: int) -> None:
-    """End the launcher once the job is over, skipping the interpreter's teardown of torch (about 1 s here):
-    the ranks have exited and every file is written, so there is nothing left to clean up."""
+    """End the launcher once the job (or the grid, or the search) is over, skipping the interpreter's teardown
+    of torch (about 1 s here): the ranks have exited and every file is written. The forkserver and the
+    resource tracker are stopped and reaped first, so that the exit status comes after every process the
+    launcher started has ended (a script that runs jobs back to back finds none of them beside the next)."""
     logging.shutdown()
     sys.stdout.flush()
+    sys.stderr.flush()
+    stop_forkserver()   # the resource tracker may report leaked semaphores on stderr: before the exit
     sys.stderr.flush()
     os._exit(status)
 
