@@ -25,9 +25,9 @@ from Networks import build_model
 from Utils import transport
 from Utils.checkpoint import CheckpointError, read_checkpoint
 from Utils.config import RunConfig, device_for, nccl_sharing_refusal
-from Utils.data.datasets import DatasetSize, dataset_is_text, dataset_size, image_shape, load_dataset
+from Utils.data.datasets import DatasetSize, dataset_size
 from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
-from Utils.data.partition import client_shards, limit_training_set, partition_tokens
+from Utils.data.partition import check_partition
 from Utils.data.prepare import ensure_dataset
 from Utils.flat import model_size
 from Utils.memory import (
@@ -288,14 +288,10 @@ def _check_out_dir(cfg: RunConfig) -> None:
 
 def _check_partition(cfg: RunConfig, size: DatasetSize) -> None:
     """A partition that cannot serve every client would fail every rank alike: refuse the job here, once.
-    Images: the real partition of the (limited) labels, which costs milliseconds; text needs only a count."""
+    Utils.data.partition.check_partition says how."""
     try:
-        if dataset_is_text(cfg.dataset):
-            partition_tokens(min(size.train, cfg.max_train_samples or size.train), cfg.federation_size, cfg.partition,
-                             cfg.seed, alpha=cfg.alpha)
-        else:
-            data = limit_training_set(load_dataset(cfg.dataset, cfg.data_dir), cfg.max_train_samples, cfg.seed)
-            client_shards(data, cfg.federation_size, cfg.partition, cfg.seed, cfg.alpha, cfg.shards_per_client)
+        check_partition(cfg.dataset, cfg.data_dir, size, cfg.max_train_samples, cfg.federation_size, cfg.partition,
+                        cfg.seed, cfg.alpha, cfg.shards_per_client)
     except ValueError as error:
         raise LaunchError(f"--partition {cfg.partition}: {error}; use fewer clients (--world_size, --num_clients) "
                           f"or more training data (--max_train_samples)") from error
@@ -303,19 +299,12 @@ def _check_partition(cfg: RunConfig, size: DatasetSize) -> None:
 
 def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
     """Refuse, before any rank starts, a job whose estimated memory exceeds what the machine has free."""
-    text = dataset_is_text(cfg.dataset)
-    image = {}
-    if not text:
-        channels, side, _ = image_shape(cfg.dataset)
-        image = {"in_channels": channels, "image_size": side}
     with torch.device("meta"):   # parameter count only: nothing allocated
-        model_bytes = 4 * model_size(build_model(cfg.model, size.num_classes, **image))
+        model_bytes = 4 * model_size(build_model(cfg.model, size.num_classes, **size.model_shape))
     train = min(size.train, cfg.max_train_samples or size.train)
     test = min(size.test, cfg.test_samples or size.test)
     evaluations = cfg.max_epoch if cfg.eval_every > 0 else 0
-    shape = JobShape(cfg.world_size, model_bytes, train_bytes=0 if text else train * size.sample_numel * 4,
-                     test_bytes=test * (8 if text else size.sample_numel),
-                     corpus_tokens=size.train + size.test if text else 0,
+    shape = JobShape(cfg.world_size, model_bytes, **size.memory(train, test),
                      snapshot_bytes=min(evaluations, max_pending_snapshots(model_bytes)) * model_bytes,
                      merge_state_bytes=merge_state_copies(cfg.sampled_per_round) * model_bytes
                      if cfg.client_merge and cfg.compress == "none" else 0,

@@ -255,6 +255,17 @@ class DatasetSize:
     test: int
     num_classes: int        # text: the vocabulary size
     sample_numel: int       # numbers per sample (text: 1)
+    model_shape: dict       # what build_model needs beyond the output size (as ImageData/TextData.model_shape)
+    stream: bool = False    # a token stream: every rank tokenises the whole corpus; a client holds a slice
+
+    def memory(self, train: int, test: int) -> dict:
+        """Bytes of the training samples the clients hold (as float32), of the test set the server holds, and
+        the corpus tokens every rank tokenises (Utils.memory.JobShape's fields), for `train` training and
+        `test` test samples."""
+        if self.stream:
+            return {"train_bytes": 0, "test_bytes": test * 8, "corpus_tokens": self.train + self.test}
+        return {"train_bytes": train * self.sample_numel * 4, "test_bytes": test * self.sample_numel,
+                "corpus_tokens": 0}
 
 
 def dataset_size(name: str, data_dir: str | Path) -> DatasetSize:
@@ -277,11 +288,12 @@ def dataset_size(name: str, data_dir: str | Path) -> DatasetSize:
                 raise DatasetCorruptError(f"{path}: empty text file (no words); {fix}")
             counts.append(len(words) + text.count("\n"))   # each line ends with <eos>
             vocab.update(words)
-        return DatasetSize(counts[0], counts[2], len(vocab), 1)
+        return DatasetSize(counts[0], counts[2], len(vocab), 1, {}, stream=True)
     spec = IMAGE_SPECS[name]
     train, test = (len(read_cache(name, root, split, mmap=True)["labels"]) for split in SPLITS)
     channels, height, width = spec.shape
-    return DatasetSize(train, test, spec.num_classes, channels * height * width)
+    return DatasetSize(train, test, spec.num_classes, channels * height * width,
+                       {"in_channels": channels, "image_size": height})
 
 
 def unverified_note(name: str, data_dir: str | Path) -> str | None:

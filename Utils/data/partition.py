@@ -6,10 +6,12 @@ Every function is a pure function of its arguments: it draws from its own genera
 determinism; docs/decisions.md item 11). Entry i of a returned list is client i + 1.
 """
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from Utils.data.datasets import DatasetSize, load_dataset
 from Utils.data.text import TextData
 
 PARTITION_SCHEMES = ("iid", "noniid", "pathological", "dirichlet")
@@ -271,6 +273,17 @@ def client_shards(data, num_clients: int, scheme: str, seed: int, alpha: float =
         return partition_tokens(len(data.train_tokens), num_clients, scheme, seed, alpha=alpha)
     return partition_samples(data.train_labels, num_clients, scheme, seed, alpha=alpha,
                              shards_per_client=shards_per_client)
+
+
+def check_partition(name: str, data_dir: str | Path, size: DatasetSize, max_train_samples: int | None,
+                    num_clients: int, scheme: str, seed: int, alpha: float = 0.5, shards_per_client: int = 2) -> None:
+    """ValueError when the partition cannot serve every client, found before any rank starts: for images the real
+    partition of the (limited) labels, which costs milliseconds; for a token stream only its length."""
+    if size.stream:
+        partition_tokens(min(size.train, max_train_samples or size.train), num_clients, scheme, seed, alpha=alpha)
+        return
+    data = limit_training_set(load_dataset(name, data_dir), max_train_samples, seed)
+    client_shards(data, num_clients, scheme, seed, alpha, shards_per_client)
 
 
 def shard_size(shard) -> int:
