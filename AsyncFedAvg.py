@@ -1,5 +1,6 @@
-"""Overlap-FedAvg: clients keep training while uploads and downloads run in the background; the server
-compensates the one-version staleness and applies a Nesterov step (Zhou, Qing, Lv, IEEE TPDS 2022).
+"""Overlap-FedAvg: clients keep training while uploads and downloads run in the background (Zhou, Ye, Lv,
+IEEE TPDS 2022). By default each client corrects the one-version staleness itself (the client merge); the
+paper's server-side compensation and Nesterov step are --compensation and --mom.
 
     python AsyncFedAvg.py --world_size 5 --dataset mnist --model mlp --max_epoch 10 --client_epoch 5
 

@@ -2,10 +2,11 @@
 algorithm"). A rank hosts one FL client, or with --num_clients several (Utils.federation): each round it trains
 those of them the round samples, one after another, then sends their uploads in client order in one job.
 
-Overlap-FedAvg: round r+1 trains from G_r while the upload of round r and the download of G_{r+1} run in
-the background, so every update is exactly one version stale and round 1 starts from G_0 again.
-With the client merge (--compensation local) round r+1 trains instead from G_r plus (b times) what this
-client's round r added to its own start, and the upload is that progress on top of G_r (Utils.aggregation).
+Rounds are numbered 1..R, and round r's uploads make G_r. Overlap-FedAvg: round r+1 trains from G_{r-1} while
+the upload of round r and the download of G_r run in the background, so every update is exactly one version
+stale and round 2 starts from G_0 again. With the client merge (--compensation local) round r+1 trains instead
+from G_{r-1} plus (b times) what this client's round r added to its own start, and round r's upload is that
+progress on top of G_{r-1} (Utils.aggregation).
 FedAvg: the same loop, but the trainer waits for each exchange right after handing it over. The schedule
 is fixed, so timing changes only how long the trainer waits, never which model it trains from.
 With --compress a download adds to the global model the client holds, and an upload is the model to send
@@ -106,7 +107,7 @@ def run_client(cfg: RunConfig, rank: int, trainers: dict[int, LocalTrainer], mod
             uploads, carried = [], {}
             for client, start, local, train_loss, train_s in trained:
                 sent = local
-                if cfg.client_merge:   # this round's progress on top of G_r, and the next start from both
+                if cfg.client_merge:   # this round's progress on top of G_{r-1}, and the next start from both
                     sent = merged_upload(global_model, local, start)
                     carried[client] = merged_start(global_model, sent, cfg.merge_weight)
                 if cfg.compress != "none":

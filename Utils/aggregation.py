@@ -9,9 +9,9 @@ global model the uploads started from; `w` the current global model.
     g_c  = g + C * (w - prev)              compensation for one-version staleness
     buf  = mu * buf + g_c ;  w = w - server_lr * (g_c + mu * buf)      (Nesterov)
 
-The client-side merge (`local`) moves the staleness correction to the clients: client k uploads
-U_k = G_r + (L_k - x_k), its round's progress on top of the newest global model G_r it holds, and starts
-its next round from x_k = G_r + b (U_k - G_r). The uploads are then relative to w itself, so the server
+The client-side merge (`local`) moves the staleness correction to the clients: in round r client k uploads
+U_k = G_{r-1} + (L_k - x_k), its round's progress on top of the newest global model G_{r-1} it holds, and
+starts its next round from x_k = G_{r-1} + b (U_k - G_{r-1}). The uploads are then relative to w itself, so the server
 runs FedAvg's update (no compensation; with mu and server_lr, FedAvgM's step).
 
 Nothing here touches torch.distributed or devices; the server (Characters/) feeds uploads in.
@@ -106,18 +106,19 @@ def uploads_are_stale(overlap: bool, compensation: str) -> bool:
 
 
 def merged_upload(global_model: Tensor, local: Tensor, start: Tensor) -> Tensor:
-    """U = G_r + (L - x): what a merging client uploads after a round that trained `start` (x) into `local`
-    (L), with G_r the newest global model it holds. The server averages these like FedAvg's models."""
+    """U = G + (L - x): what a merging client uploads after a round that trained `start` (x) into `local`
+    (L), with G the newest global model it holds (G_{r-1} after round r). The server averages these like
+    FedAvg's models."""
     return global_model + (local - start)
 
 
 def merged_start(global_model: Tensor, upload: Tensor, merge_weight: float) -> Tensor:
-    """x = G_r + b (U - G_r) = (1 - b) G_r + b U: where a merging client trains its next round from, with U its
-    merged_upload built on G_r and b the merge weight. b = 1 keeps all of the client's own progress (x = U
-    exactly), b = 0 drops it (x = G_r: the `none` form, up to rounding), between them the mix of the two."""
+    """x = G + b (U - G) = (1 - b) G + b U: where a merging client trains its next round from, with U its
+    merged_upload built on G and b the merge weight. b = 1 keeps all of the client's own progress (x = U
+    exactly), b = 0 drops it (x = G: the `none` form, up to rounding), between them the mix of the two."""
     if not 0.0 <= merge_weight <= 1.0:
         raise ValueError(f"the merge weight b must be between 0 and 1, got {merge_weight}")
-    return torch.lerp(global_model, upload, merge_weight)   # exactly G_r at b = 0 and U at b = 1
+    return torch.lerp(global_model, upload, merge_weight)   # exactly G at b = 0 and U at b = 1
 
 
 def compensation_coefficient(mode: str, spread: Tensor, lambd: float, constant: float = 0.0) -> Tensor | float:

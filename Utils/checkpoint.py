@@ -3,8 +3,9 @@
 checkpoint.pt holds the server update's state (Utils.aggregation.ServerUpdate.state_dict: the global model,
 the model the next uploads start from, the momentum buffer, the secant form's last update), the round it
 was taken after, the metrics rows up to that round, the start-up time, and the options that decide the
-result, to refuse a checkpoint of another run; with the client merge also every client's last upload and the
-global model it was built on ("last_uploads", "merge_base"), from which each client's next start follows.
+result, to refuse a checkpoint of another run, and the clients that round sampled ("sampled"); with the client
+merge also the last round's uploads and the global model they were built on ("last_uploads", "merge_base"), from
+which each of those clients' next start follows.
 Clients need nothing saved: every random choice of a round derives from (seed, client, round, epoch), and the
 server sends them the models they train from. Except with --compress: then the server keeps what the clients
 hold ("replica", "previous_replica"), and each client writes its own error-feedback residual (and, merging,

@@ -223,16 +223,16 @@ class RunConfig:
         "torch.distributed backend (nccl: CUDA devices only, needs --gpus)", choices=("gloo", "nccl"))
     master_addr: str = option("localhost", "the server's address (single machine: localhost)")
     master_port: int = option(29500, "the server's port (0: pick a free one)", type=port_number)
-    # Per-client options: one value, a comma list (one per client) or lognormal:MEDIAN:SIGMA (client_value).
+    # Per-client-rank options: one value, a comma list (one per client rank) or lognormal:MEDIAN:SIGMA (client_value).
     bandwidth: float | tuple[float, ...] | str | None = option(None,
-        "emulate each client's link at this many Mbit/s: one value, one per client (20,5,20,20) or a seeded "
-        "spread lognormal:MEDIAN:SIGMA (default: the real network)", type=per_client(positive_float))
+        "emulate each client rank's link at this many Mbit/s: one value, one per client rank (20,5,20,20) or a "
+        "seeded spread lognormal:MEDIAN:SIGMA (default: the real network)", type=per_client(positive_float))
     latency: float | tuple[float, ...] | str = option(0.0,
-        "emulated link latency per message, ms (one value, one per client, or a spread)",
+        "emulated link latency per message, ms (one value, one per client rank, or a spread)",
         type=per_client(non_negative_float))
     slowdown: float | tuple[float, ...] | str = option(1.0,
-        "a client trains this many times slower: after each round it waits (k - 1) times its training time "
-        "(one value, one per client, or a spread, floored at 1), to study stragglers on one machine",
+        "a client rank trains this many times slower: after each client's round it waits (k - 1) times its "
+        "training time (one value, one per client rank, or a spread, floored at 1), to study stragglers",
         type=per_client(at_least_one))
     compress: str = option("none",
         "message format: uploads carry the client's model less the global model it holds, downloads the "

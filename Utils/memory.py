@@ -7,7 +7,7 @@ The estimate is a model of where a job's memory goes, calibrated on this project
 - the training samples as float32, each in exactly one client's shard, so the total is the training set's
   whatever the number of clients; text corpora are tokenised by every rank;
 - a few copies of the model per rank (model, gradients, flat vectors, messages), and on the server the
-  snapshots waiting for evaluation and, with the client merge, every client's last upload for the checkpoint;
+  snapshots waiting for evaluation and, with the client merge, the last round's uploads for the checkpoint;
   with --compress two more per rank (error feedback's residual or the server's replica, a decoded difference);
   the server's upload buffers, one per upload it receives at once (--receive_window);
 - with several clients per rank (--num_clients), each further client a round trains on a rank holds its
@@ -76,9 +76,9 @@ class JobShape:
 
 
 def merge_state_copies(num_clients: int) -> int:
-    """Model copies the server holds for the client merge's checkpoint: each client's last upload and the model
-    under them, in up to three generations at once (one being written, one waiting for the writer, one
-    arriving), since a checkpoint never holds the rounds up."""
+    """Model copies the server holds for the client merge's checkpoint: the uploads of a round's `num_clients`
+    clients (K, the sampled ones) and the model under them, in up to three generations at once (one being
+    written, one waiting for the writer, one arriving), since a checkpoint never holds the rounds up."""
     return 3 * (num_clients + 1)
 
 
@@ -109,8 +109,8 @@ DEVICE_MODEL_COPIES = 6            # model, gradients, activations at the projec
 
 def device_memory_bytes(shape: JobShape, devices: list[int]) -> dict[int, int]:
     """Estimated device memory per CUDA device, devices[r] being rank r's: each rank's context and model
-    copies, a client's shard (float32, staged once), and on the server's device the test set (staged once)
-    and the evaluator's copy of the model."""
+    copies, a client rank's share of the training set (its clients' shards, float32, staged once), and on the
+    server's device the test set (staged once) and the evaluator's copy of the model."""
     per_device: dict[int, int] = {}
     num_clients = shape.world_size - 1
     for rank, device in enumerate(devices):

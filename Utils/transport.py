@@ -1,19 +1,20 @@
 """Everything that crosses the network, and the only module that imports torch.distributed.
 
-Star topology (README, "The algorithm"): rank 0 is the server, ranks 1..N are clients, and every message is one flat
-float32 tensor sent point to point. The message format lives here and nowhere else:
+Star topology (README, "The algorithm"): rank 0 is the server, ranks 1..world_size - 1 are the client ranks (each
+hosting one FL client, or several with --num_clients), and every message is one flat float32 tensor sent point to
+point. The message format lives here and nowhere else:
 
-    upload    a payload: the client's model (client merge: G_r + its round's progress), or with --compress
+    upload    a payload: the client's model (client merge: G_{r-1} + its progress of round r), or with --compress
               that model less the global model the client holds; then its RoundReport
               (REPORT_FIELDS)                                                 upload_size(payload words)
-    start     the model the first round trains from (float32, never compressed), then that round's index
-              (0, or where a resumed run continues); always the first download; a resumed client
-              merge sends each client its own start                           download_size(numel)
+    start     the model the first round trains from (float32, never compressed), then the rounds already
+              done (0, or the round a resumed run continues after); always the first download; a resumed
+              client merge sends each client its own start                    download_size(numel)
     download  a payload: the global model, or with --compress the global model less what the clients
               hold; then one flag: CONTINUE or STOP                           download_size(payload words)
     report    a client rank's last job (a RoundReport), then its peak resident memory in MB, after the
               final download                                                  FINAL_REPORT_SIZE
-    hello     a client's fingerprint (HELLO_SIZE numbers), first of all: the server refuses a client whose
+    hello     a client rank's fingerprint (HELLO_SIZE numbers), first of all: the server refuses a rank whose
               options or model differ from its own, before any model of another size is sent
 
 A payload is the fields of Utils.compression's format (part_specs) laid end to end as bytes, padded with
@@ -21,8 +22,8 @@ zeros to whole float32 words (pack_payload): with --compress none just the float
 unpickled from the network.
 
 Link emulation (--bandwidth, --latency): on loopback a transfer takes microseconds, which hides
-what Overlap-FedAvg is about. A client link of `bandwidth_mbit` and `latency_ms` delays each message by
-latency + 8 * bytes / bandwidth on the client's side: an upload leaves only after that delay, a
+what Overlap-FedAvg is about. A client rank's link of `bandwidth_mbit` and `latency_ms` delays each message by
+latency + 8 * bytes / bandwidth on the client rank's side: an upload leaves only after that delay, a
 download is handed over only after it. FedAvg and Overlap-FedAvg go through the same code, so their
 round times compare.
 """
@@ -236,7 +237,7 @@ def pack_start(model_flat: torch.Tensor, rounds_done: int) -> torch.Tensor:
 
 
 def unpack_start(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, int]:
-    """The start message's model part (a view) and the 0-based index of the first round to train."""
+    """The start message's model part (a view) and the rounds already done (the first round to train is the next)."""
     rounds_done = message[model_numel].item()
     if rounds_done != int(rounds_done) or rounds_done < 0:
         raise PeerFailure(f"the server sent a malformed start (round {rounds_done!r})")
@@ -249,7 +250,8 @@ def unpack_start(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor,
 
 @dataclass(frozen=True)
 class Link:
-    """A client's emulated link; None bandwidth and zero latency mean the real (loopback) network."""
+    """A client rank's emulated link, which its clients share; None bandwidth and zero latency mean the real
+    (loopback) network."""
     bandwidth_mbit: float | None = None
     latency_ms: float = 0.0
 
@@ -348,7 +350,7 @@ def recv(buffer: torch.Tensor, src: int, link: Link = Link(), timeout_s: float |
 
 
 def send_to_all(tensor: torch.Tensor, destinations: list[int], timeout_s: float | None = None) -> int:
-    """The server's broadcast over the star: one point-to-point send per client, all in flight at once."""
+    """The server's broadcast over the star: one point-to-point send per client rank, all in flight at once."""
     staged = tensor if _nccl_device is None else tensor.to(_nccl_device)
     works = [(dst, dist.isend(staged, dst)) for dst in destinations]
     for dst, work in works:

@@ -202,7 +202,7 @@ def partition_samples(
 def partition_tokens(
     num_tokens: int, num_clients: int, scheme: str, seed: int, alpha: float = 0.5
 ) -> list[tuple[int, int]]:
-    """Disjoint contiguous [start, stop) slices of a token stream that together cover it, in rank order.
+    """Disjoint contiguous [start, stop) slices of a token stream that together cover it, in client order.
 
     iid: sizes differ by at most one token. noniid: every client first gets a floor of a quarter of
     the equal share (WikiText-2 with 100 clients: 5,221 tokens, a few bptt batches), the rest is

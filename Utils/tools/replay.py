@@ -46,7 +46,8 @@ class ReplayWire:
         self.feedback = [ErrorFeedback(initial.numel(), compression, topk_ratio) for _ in range(num_clients)]
 
     def upload(self, client: int, sent: Tensor, server_current: Tensor) -> Tensor:
-        """Client `client` (0-based) sends `sent` while it holds self.held; what the server adds up."""
+        """Client `client` + 1 (`client` is a 0-based index) sends `sent` while it holds self.held; what the server
+        adds up."""
         if self.compression == "none":
             return sent
         parts, _ = self.feedback[client].compress(sent - self.held)
