@@ -21,9 +21,9 @@ Sections (--only), side by side in one run:
 
     python benchmarks/bench_many_clients.py --data_dir ./data --peers_python /tmp/peers/venv/bin/python
 
-Time: about 15 minutes on 2 cores (an estimate: it has not been timed whole; the rounds section's 2 x 100
-rounds take most of it).
-Figures: none recorded yet; docs/many-clients.md ("Measured") describes what it measures.
+Time: about 20 minutes on 2 cores with --rounds 200 (measured beside another benchmark: the rounds section's
+2 x 200 rounds about 12, Flower about 3, the thousand section about 2).
+Figures: docs/benchmarks.md ("Many clients"), summed up in docs/many-clients.md ("Measured").
 """
 from __future__ import annotations
 
