@@ -3,7 +3,7 @@ or Dirichlet label skew; client_shards and limit_training_set apply them to a lo
 
 Every function is a pure function of its arguments: it draws from its own generator seeded with
 `seed` and never touches the global numpy, torch or `random` state (README, "The algorithm", its paragraph on
-determinism; docs/decisions.md item 11). Entry i of a returned list is client i + 1.
+determinism; docs/decisions.md, "11. Partitions"). Entry i of a returned list is client i + 1.
 """
 from dataclasses import replace
 from pathlib import Path
