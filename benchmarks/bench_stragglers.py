@@ -19,7 +19,7 @@ training; Overlap max(T, C) = T even, max(T, 4C) = 4T and max(4T, C) = 4T. The n
     python benchmarks/bench_stragglers.py --data_dir ./data
 
 Time: about 8 minutes on 2 cores.
-Figures: none recorded yet; docs/network.md ("Clients that differ") describes the options it exercises.
+Figures: docs/network.md ("Clients that differ").
 """
 from __future__ import annotations
 
