@@ -291,7 +291,7 @@ class Report:
         return f"{100 * worst:+.1f} %", worst <= PERPLEXITY_GAP
 
     def learned_nothing(self, name: str) -> bool:
-        fedavg = self.summary(name, self.links()[0], "fedavg")
+        fedavg = self.summary(name, "calibrated", "fedavg") or self.summary(name, "realistic", "fedavg")
         return fedavg is not None and learned_nothing(self.manifest["rows"][name]["dataset"], fedavg)
 
     def row_section(self, name: str, row: dict) -> None:
@@ -310,7 +310,7 @@ class Report:
         if targets is None:
             add("\nNo complete FedAvg run yet.\n")
             return
-        metric = self.summary(name, self.links()[0], "fedavg")["metric"]
+        metric = (self.summary(name, "calibrated", "fedavg") or self.summary(name, "realistic", "fedavg"))["metric"]
         add(f"Targets: {metric} {' and '.join(metric_text(metric, t) for t in targets)}.\n")
         if self.learned_nothing(name):
             chance = CHANCE[row["dataset"]]
