@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from jobs import exchange_s, read_metrics, read_summary  # noqa: E402
-from reproduce import NUM_CLIENTS, REALISTIC_LINK  # noqa: E402
+from reproduce import NUM_CLIENTS, REALISTIC_LINK, ROWS  # noqa: E402
 
 from Utils.run_log import first_reaching, higher_is_better, time_to_target_s  # noqa: E402
 from Utils.tools.plot import plot_panels, read_run  # noqa: E402
@@ -112,6 +112,9 @@ class Report:
     def __init__(self, work: Path, out: Path):
         self.work, self.out = work, out
         self.manifest = json.loads((work / "manifest.json").read_text())
+        # the matrix's own row order, however the passes that filled the work directory were ordered
+        order = {row.name: index for index, row in enumerate(ROWS)}
+        self.manifest["rows"] = dict(sorted(self.manifest["rows"].items(), key=lambda item: order.get(item[0], 99)))
         self.plot_dir = out.parent / "results"
         self.lines: list[str] = []
 
