@@ -149,7 +149,7 @@ def restore_clients(cfg: RunConfig, rounds_done: int, feedback: dict[int, ErrorF
     carried = {}
     for client in feedback:
         if cfg.compress != "none":
-            sampled = last_sampled_round(client, rounds_done, cfg.federation_size, cfg.sampled_per_round, cfg.seed)
+            sampled = last_sampled_round(client, rounds_done, cfg.round_clients)
             if sampled is not None:
                 saved = read_client_state(Path(cfg.out_dir), client, sampled)
                 feedback[client].residual = saved["residual"]

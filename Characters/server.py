@@ -480,8 +480,9 @@ def run_server(cfg: RunConfig, data: ImageData | TextData, model: torch.nn.Modul
                num_samples: list[int]) -> dict:
     """Run R rounds; return the summary (also logged, and written to the run directory)."""
     server = _Server(cfg, data, model, num_samples)
-    hosting = ("" if cfg.federation_size == cfg.client_ranks else f" on {cfg.client_ranks} client ranks") + \
-        ("" if cfg.sampled_per_round == cfg.federation_size else f", {cfg.sampled_per_round} sampled per round")
+    hosting = "" if cfg.federation_size == cfg.client_ranks else f" on {cfg.client_ranks} client ranks"
+    if cfg.sampled_per_round < cfg.federation_size:
+        hosting += f", {cfg.sampled_per_round} sampled per round ({cfg.sampling})"
     shown = num_samples if len(num_samples) <= 16 else [min(num_samples), max(num_samples)]
     log.info("%d clients%s, %s samples each; %s", cfg.federation_size, hosting,
              (", " if len(num_samples) <= 16 else " to ").join(f"{n:,}" for n in shown),

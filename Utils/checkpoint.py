@@ -177,7 +177,7 @@ def _with_added_options(saved: dict | None, expected: dict) -> dict | None:
 # Options added to RunConfig after checkpoints of FORMAT 1 were first written, with defaults that keep the
 # older runs' numbers.
 _LATER_OPTIONS = frozenset({"merge_weight", "compress", "topk_ratio", "shards_per_client", "num_clients",
-                            "clients_per_round"})
+                            "clients_per_round", "sampling"})
 
 
 def _comparable(options: dict) -> dict:

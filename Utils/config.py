@@ -199,6 +199,10 @@ class RunConfig:
     clients_per_round: float | None = option(None,
         "clients that train in a round: a count K, or a fraction below 1 of --num_clients, sampled anew each "
         "round from --seed and the round (default: all of them)", type=positive_float)
+    sampling: str = option("uniform",
+        "how a round's sample is drawn: uniform (any K of the N, as McMahan et al.) or balanced (each client "
+        "rank's group gives its share of K, so no rank trains more than its share rounded up; every client is "
+        "still sampled with probability K / N)", choices=federation.SAMPLINGS)
     dataset: str = option("mnist",
         "training and test data (prepare_data.py fetches it into --data_dir)", choices=DATASET_NAMES)
     model: str = option("mnistnet",
@@ -308,7 +312,8 @@ class RunConfig:
 
     def round_clients(self, round_number: int) -> list[int]:
         """The clients that train in round `round_number` (1..R), ascending."""
-        return federation.round_sample(self.federation_size, self.sampled_per_round, self.seed, round_number)
+        return federation.round_sample(self.federation_size, self.sampled_per_round, self.seed, round_number,
+                                       sampling=self.sampling, client_ranks=self.client_ranks)
 
     def hosted_clients(self, rank: int) -> list[int]:
         return federation.hosted_clients(rank, self.client_ranks, self.federation_size)

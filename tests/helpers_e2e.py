@@ -68,10 +68,12 @@ def wait_until_gone(tag: str, within_s: float = 15.0) -> list[int]:
 
 def replay_schedule(data_root: Path, rounds: int, *, overlap: bool, merge_weight: float = 1.0,
                     compression: str = "none", topk_ratio: float = 0.05, num_clients: int = 2,
-                    clients_per_round: int | None = None, **server_options) -> list[float]:
+                    clients_per_round: int | None = None, sampling: str = "uniform", client_ranks: int = 1,
+                    **server_options) -> list[float]:
     """QUICK_MNIST's schedule in one process (Utils.tools.replay): the test accuracy of G_1..G_rounds."""
     replay = ScheduleReplay(data_root, num_clients=num_clients, max_train_samples=6000, compression=compression,
-                            topk_ratio=topk_ratio, clients_per_round=clients_per_round)
+                            topk_ratio=topk_ratio, clients_per_round=clients_per_round, sampling=sampling,
+                            client_ranks=client_ranks)
     step = server_update_step(replay.initial, overlap=overlap, **server_options)
     if overlap and server_options.get("compensation") == CLIENT_MERGE:
         return replay.run_client_merge(step, rounds, merge_weight=merge_weight)

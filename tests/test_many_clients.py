@@ -51,9 +51,35 @@ def test_clients_per_round_takes_a_count_or_a_fraction():
             clients_per_round(bad, 100)
     client = round_sample(20, 5, 1, 2)[0]
     sampled = [r for r in range(1, 11) if client in round_sample(20, 5, 1, r)]
-    assert last_sampled_round(client, 10, 20, 5, 1) == sampled[-1]
-    assert last_sampled_round(client, sampled[0], 20, 5, 1) == sampled[0]
-    assert last_sampled_round(client, sampled[0] - 1, 20, 5, 1) is None
+    sample = lambda r: round_sample(20, 5, 1, r)  # noqa: E731
+    assert last_sampled_round(client, 10, sample) == sampled[-1]
+    assert last_sampled_round(client, sampled[0], sample) == sampled[0]
+    assert last_sampled_round(client, sampled[0] - 1, sample) is None
+
+
+@pytest.mark.parametrize("num_clients, per_round, ranks", [(100, 10, 4), (10, 3, 4), (7, 5, 3), (1000, 100, 4)])
+def test_a_balanced_sample_gives_each_rank_its_share_and_each_client_the_same_chance(num_clients, per_round, ranks):
+    """--sampling balanced: every rank trains its share of K rounded down or up (a uniform sample of 10 from 100
+    clients on 4 ranks often puts 4 or 5 on one), and every client is still sampled K / N of the rounds."""
+    rounds = 2000
+    counts, uniform_busiest = torch.zeros(num_clients), 0
+    for r in range(1, rounds + 1):
+        sample = round_sample(num_clients, per_round, 2020, r, sampling="balanced", client_ranks=ranks)
+        assert sample == sorted(set(sample)) and len(sample) == per_round
+        assert sample == round_sample(num_clients, per_round, 2020, r, sampling="balanced", client_ranks=ranks)
+        counts[torch.tensor(sample) - 1] += 1
+        for rank in range(1, ranks + 1):
+            group = hosted_clients(rank, ranks, num_clients)
+            share = per_round * len(group) / num_clients
+            assert int(share) <= sum(host_rank(c, ranks) == rank for c in sample) <= -int(-share // 1)
+        uniform = round_sample(num_clients, per_round, 2020, r)
+        uniform_busiest = max(uniform_busiest, max(sum(host_rank(c, ranks) == rank for c in uniform)
+                                                   for rank in range(1, ranks + 1)))
+    expected = rounds * per_round / num_clients
+    assert (counts - expected).abs().max() < 5 * expected ** 0.5   # binomial spread: the same chance for all
+    if (num_clients, per_round, ranks) == (100, 10, 4):
+        assert uniform_busiest >= 5                                  # what balancing removes
+    assert round_sample(6, 6, 2020, 3, sampling="balanced", client_ranks=2) == [1, 2, 3, 4, 5, 6]
 
 
 def test_the_memory_estimate_counts_the_further_clients_of_a_rank():
@@ -112,7 +138,7 @@ def test_a_sampled_job_is_the_replayed_schedule_bit_for_bit_whoever_hosts_the_cl
     done = run_job(script, *QUICK_MNIST, *MANY, *method, "--max_epoch", "3", out_dir=tmp_path / "two",
                    data_dir=mnist_root)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "6 clients on 2 client ranks, 3 sampled per round" in done.stderr
+    assert "6 clients on 2 client ranks, 3 sampled per round (uniform)" in done.stderr
     rows = read_metrics(tmp_path / "two")
     overlap = script == "AsyncFedAvg.py"
     server = {"compensation": "secant", "comp_coef": 0.3} if method else \
@@ -127,6 +153,21 @@ def test_a_sampled_job_is_the_replayed_schedule_bit_for_bit_whoever_hosts_the_cl
                     "--max_epoch", "3", out_dir=tmp_path / "three", data_dir=mnist_root)
     assert three.returncode == 0, three.stderr[-3000:]
     assert [r["accuracy"] for r in read_metrics(tmp_path / "three")] == [r["accuracy"] for r in rows]
+
+
+@pytest.mark.slow
+def test_a_balanced_sampled_job_is_the_replayed_schedule_bit_for_bit(mnist_root, tmp_path):
+    """--sampling balanced on 2 client ranks: the replay, drawing the same balanced sample, gives the accuracy
+    per round exactly; the last round's 3 clients (shares of 1.5 per rank) are two from one rank, one from the
+    other."""
+    done = run_job("AsyncFedAvg.py", *QUICK_MNIST, *MANY, "--sampling", "balanced", "--max_epoch", "3",
+                   out_dir=tmp_path, data_dir=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    replayed = replay_schedule(mnist_root, 3, overlap=True, num_clients=6, clients_per_round=3, sampling="balanced",
+                               client_ranks=2, compensation="local")
+    assert [f"{a:.6g}" for a in replayed] == [r["accuracy"] for r in read_metrics(tmp_path)]
+    sampled = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["sampled"]
+    assert sorted(sum(host_rank(c, 2) == rank for c in sampled) for rank in (1, 2)) == [1, 2]
 
 
 @pytest.mark.slow

@@ -69,7 +69,8 @@ class ScheduleReplay:
     def __init__(self, data_root: str | Path, *, dataset: str = "mnist", model: str = "mlp", num_clients: int = 2,
                  epochs: int = 1, max_train_samples: int | None = None, seed: int = 2020, lr: float = 0.01,
                  batch_size: int = 32, compression: str = "none", topk_ratio: float = 0.05,
-                 clients_per_round: int | None = None, partition: str = "noniid", shards_per_client: int = 2):
+                 clients_per_round: int | None = None, sampling: str = "uniform", client_ranks: int = 1,
+                 partition: str = "noniid", shards_per_client: int = 2):
         torch.set_num_threads(1)   # as every rank does: the figures must not depend on the core count
         self.data = limit_training_set(load_dataset(dataset, data_root), max_train_samples, seed)
         torch.manual_seed(seed)
@@ -83,11 +84,13 @@ class ScheduleReplay:
                          for k, shard in enumerate(shards)]
         self.num_samples = [len(shard) for shard in shards]
         self.per_round, self.seed = clients_per_round or num_clients, seed
+        self.sampling, self.client_ranks = sampling, client_ranks   # the job's --sampling and world_size - 1
         self.compression, self.topk_ratio = compression, topk_ratio
 
     def sampled(self, round_number: int) -> tuple[list[int], list[float]]:
         """The 0-based indices of the clients round `round_number` (1..R) samples, and their weights p_k."""
-        clients = round_sample(len(self.trainers), self.per_round, self.seed, round_number)
+        clients = round_sample(len(self.trainers), self.per_round, self.seed, round_number, sampling=self.sampling,
+                               client_ranks=self.client_ranks)
         return [c - 1 for c in clients], client_weights([self.num_samples[c - 1] for c in clients])
 
     def trained(self, start: Tensor, round_number: int) -> list[tuple[int, Tensor, float]]:
