@@ -48,6 +48,7 @@ CASES = [
     (["FedAvg.py", "--num_clients", "100", "--clients_per_round", "101"], "up to --num_clients (100)"),
     (["FedAvg.py", "--clients_per_round", "0"], "must be a positive number"),
     (["FedAvg.py", "--latency", "lognormal:30"], "a spread is lognormal:MEDIAN:SIGMA, got lognormal:30"),
+    (["FedAvg.py", "--sampling", "even"], "argument --sampling: invalid choice: 'even'"),
     (["FedAvg.py", "--slowdown", "0.5"], "must be 1 or more, got 0.5"),
     (["FedAvg.py", "--bandwidth", "20,-1,3,4"], "must be a positive number, got -1"),
     (["FedAvg.py", "--topk_ratio", "0"], "must be above 0 and at most 1, got 0"),
@@ -98,7 +99,7 @@ def test_every_option_has_help_and_shows_one_default(script):
 
 
 FEDAVG_DEFAULTS = dict(script="FedAvg", overlap=False, world_size=5, num_clients=None, clients_per_round=None,
-                       dataset="mnist", model="mnistnet",
+                       sampling="uniform", dataset="mnist", model="mnistnet",
                        batch_size=32, max_epoch=10, client_epoch=5, lr=0.01, seed=2020, partition="noniid",
                        alpha=0.5, shards_per_client=2, data_dir="./data", out_dir=None, gpus=None, backend="gloo",
                        master_addr="localhost", master_port=29500, bandwidth=None, latency=0.0, slowdown=1.0,
