@@ -396,7 +396,7 @@ CAVEATS = """## Caveats
   close to, not equal to, the original; WikiText-2's training text is complete but in 615 shuffled chunks,
   so its non-IID slices differ from the original file's. Accuracies are not the paper's.
 - Quick scale: subsets, few rounds and test subsets (see each row) so that the matrix fits a 2-core CPU
-  in about an hour; the models are far from converged, which is why the targets are relative to FedAvg.
+  in an afternoon; the models are far from converged, which is why the targets are relative to FedAvg.
   VGG and ResNet cost 1.7 and 17 ms a sample to train on one core here, so their rows get 4,000 and 1,000
   samples, and neither leaves chance level in that budget: those rows measure round times and hidden
   communication only (flagged above). The Transformer rows train with `--lr 1`: at the default 0.01 they
