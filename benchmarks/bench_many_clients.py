@@ -103,6 +103,11 @@ def section_rounds(args, work: Path, verdicts: list) -> None:
                          f"{MCMAHAN_ROUNDS} (B = 10, tuned lr)", None))
 
 
+def median(values: list[float]) -> float:
+    """The middle value (the upper middle of an even count), as every figure of this benchmark reports it."""
+    return sorted(values)[len(values) // 2]
+
+
 def busiest_rank_load(sampling: str, rounds: int, seed: int) -> float:
     """Mean over the rounds of the most sampled clients one rank trains (a round waits for that rank)."""
     loads = []
@@ -121,7 +126,8 @@ def section_hosting(args, work: Path, verdicts: list) -> None:
     print("| algorithm | local epochs | --sampling | busiest rank, clients a round (mean) | 100 clients, 10 per round "
           "| 4 clients | ratio |")
     print("|---|---|---|---|---|---|---|")
-    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    busiest = {sampling: busiest_rank_load(sampling, args.timing_rounds, args.seed)
+               for sampling in ("uniform", "balanced")}
     for epochs in args.hosting_epochs:
         for name, script in (("FedAvg", "FedAvg.py"), ("Overlap-FedAvg", "AsyncFedAvg.py")):
             # the same samples a round: 6,000 (the pathological split gives each of the 100 clients 600)
@@ -141,7 +147,7 @@ def section_hosting(args, work: Path, verdicts: list) -> None:
                 ratios = [many / four for many, four in zip(rounds[sampling], rounds["four"], strict=True)]
                 ratio = median(ratios)
                 print(f"| {name} | {epochs} | {sampling} | "
-                      f"{busiest_rank_load(sampling, args.timing_rounds, args.seed):.2f} | "
+                      f"{busiest[sampling]:.2f} | "
                       f"{median(rounds[sampling]):.3f} s | {median(rounds['four']):.3f} s | "
                       f"{ratio:.2f}x [{min(ratios):.2f}-{max(ratios):.2f}] |")
                 verdicts.append((f"{name}, {epochs} local epoch(s), --sampling {sampling}: a round of 10 of 100 "
@@ -175,7 +181,6 @@ def section_flower(args, work: Path, verdicts: list) -> None:
     print(f"\n## flower: the same job (100 clients, 10 per round, lr 0.05), {rounds} rounds, no link\n")
     print("| system | launch to end of round 1 | rounds after the first, s (median) | accuracy after 5 rounds |")
     print("|---|---|---|---|")
-    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
     print(f"| Flower 1.41 simulation | {flower_first:.1f} s | {median(flower_rounds):.2f} | "
           f"{flower_acc[min(4, len(flower_acc) - 1)]:.4f} |")
     print(f"| this project, FedAvg.py | {ours.rows[0]['wall_s']:.1f} s | {median(our_rounds):.2f} | "

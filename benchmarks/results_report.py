@@ -126,6 +126,10 @@ class Report:
         path = self.run_dir(row, link, method)
         return read_summary(path) if path else None
 
+    def any_fedavg_summary(self, row: str) -> dict | None:
+        """The row's FedAvg run on either link (its metric and level do not depend on the link)."""
+        return self.summary(row, "calibrated", "fedavg") or self.summary(row, "realistic", "fedavg")
+
     def time_to(self, row: str, link: str, method: str, target: float) -> float | None:
         path, summary = self.run_dir(row, link, method), self.summary(row, link, method)
         if path is None:
@@ -294,7 +298,7 @@ class Report:
         return f"{100 * worst:+.1f} %", worst <= PERPLEXITY_GAP
 
     def learned_nothing(self, name: str) -> bool:
-        fedavg = self.summary(name, "calibrated", "fedavg") or self.summary(name, "realistic", "fedavg")
+        fedavg = self.any_fedavg_summary(name)
         return fedavg is not None and learned_nothing(self.manifest["rows"][name]["dataset"], fedavg)
 
     def row_section(self, name: str, row: dict) -> None:
@@ -313,7 +317,7 @@ class Report:
         if targets is None:
             add("\nNo complete FedAvg run yet.\n")
             return
-        metric = (self.summary(name, "calibrated", "fedavg") or self.summary(name, "realistic", "fedavg"))["metric"]
+        metric = self.any_fedavg_summary(name)["metric"]
         add(f"Targets: {metric} {' and '.join(metric_text(metric, t) for t in targets)}.\n")
         if self.learned_nothing(name):
             chance = CHANCE[row["dataset"]]
