@@ -5,6 +5,7 @@ one exits abnormally, and the launcher names the rank that failed. Ctrl-C stops 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -217,7 +218,18 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)
+        _remove_error_files(context)
     return 0, summaries.get() if not summaries.empty() else None
+
+
+def _remove_error_files(context) -> None:
+    """torch.multiprocessing leaves the traceback file of every rank that raised in the system's temporary
+    directory; once the job has ended and its failure is told, nothing reads them."""
+    if any(process.is_alive() for process in context.processes):
+        return   # a rank still running may yet write its file: leave them rather than race it
+    for path in context.error_files:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _root_failure(context) -> str:
@@ -261,7 +273,7 @@ def _raised_error(path: str) -> str | None:
     """The traceback text torch.multiprocessing saved for a rank that raised, or None."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f)   # written by torch.multiprocessing in this job's own temporary directory
+            return pickle.load(f)   # written by torch.multiprocessing; removed when the job ends
     except (OSError, pickle.UnpicklingError, EOFError):
         return None
 

@@ -20,7 +20,9 @@ SCRIPTS = ["FedAvg.py", "AsyncFedAvg.py"]
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("action", ["raise", "kill"])
 def test_a_failing_client_stops_the_job(script, action, mnist_root, tmp_path):
-    env = job_env(OVERLAP_FEDAVG_FAULT=f"2:2:{action}")
+    temporary = tmp_path / "tmp"   # the job's temporary directory: the ranks' traceback files go there
+    temporary.mkdir()
+    env = job_env(OVERLAP_FEDAVG_FAULT=f"2:2:{action}", TMPDIR=str(temporary))
     started = time.monotonic()
     done = run_job(script, *QUICK_MNIST, "--max_epoch", "3", out_dir=tmp_path / "run", data_dir=mnist_root,
                    env=env, timeout=120)
@@ -30,6 +32,8 @@ def test_a_failing_client_stops_the_job(script, action, mnist_root, tmp_path):
     assert "Traceback" not in done.stderr   # one line says what failed (OVERLAP_FEDAVG_DEBUG shows more)
     assert time.monotonic() - started < 60   # far below --timeout 60 + start-up: no waiting it out
     assert wait_until_gone(env["OVERLAP_FEDAVG_TEST_TAG"]) == []
+    assert sorted(path.name for path in temporary.iterdir()
+                  if path.name.startswith(("pytorch-errorfile-", "pymp-"))) == []   # nothing left behind
 
 
 @pytest.mark.parametrize("problem, options, message", [
