@@ -427,14 +427,16 @@ def test_merging_uploads_are_not_stale():
 
 def merge_pipeline(initial, optima, weights, contraction, rounds: int, merge_weight: float) -> list[torch.Tensor]:
     """The Overlap pipeline with the client merge on a quadratic (Characters/client.py's order): client k's
-    round trains its own start x_k into x_k - A (x_k - opt_k), uploads U_k = G_r + (L_k - x_k) and starts its
-    next round from G_r + b (U_k - G_r); the server averages like FedAvg. Returns G_1..G_rounds."""
+    round trains its own start x_k into x_k - A_k (x_k - opt_k), uploads U_k = G_r + (L_k - x_k) and starts
+    its next round from G_r + b (U_k - G_r); the server averages like FedAvg. `contraction` is A, shared, or
+    a list of each client's A_k. Returns G_1..G_rounds."""
     server = ServerUpdate(initial, stale=False, compensation=CLIENT_MERGE)
     starts, models = [initial] * len(optima), []
+    contractions = contraction if isinstance(contraction, list) else [contraction] * len(optima)
     for _ in range(rounds):
         latest = server.current.clone()   # G_r, what every client holds when it uploads this round
-        uploads = [merged_upload(latest, start - contraction * (start - optimum), start)
-                   for start, optimum in zip(starts, optima, strict=True)]
+        uploads = [merged_upload(latest, start - a_k * (start - optimum), start)
+                   for start, optimum, a_k in zip(starts, optima, contractions, strict=True)]
         starts = [merged_start(latest, upload, merge_weight) for upload in uploads]
         moments = server.new_round()
         for upload, p in zip(uploads, weights, strict=True):
@@ -492,6 +494,23 @@ def test_the_merge_weight_sets_the_staleness_of_the_mean_start(merge_weight):
             models.append(server.apply(moments).clone())
         for ours, theirs in zip(pipeline, models, strict=True):
             assert_close(ours, theirs, rtol=0, atol=1e-12)
+
+
+def test_the_merge_trails_fedavg_where_one_client_alone_learns():
+    """The merge's limit (docs/defaults.md, non-IID text): in a direction only one client's loss curves (a
+    word only its slice holds), FedAvg moves G by p A e a round from G itself; the merging client starts
+    from G plus its own last progress, already part of the way, so its round goes less far and G follows
+    more slowly. After 6 rounds with p = 1/4, A = 1/2 the error is 0.558 of the start against FedAvg's
+    0.449; b = 1/2 gives 0.491. With a shared Hessian the same pipeline is FedAvg exactly (above)."""
+    initial, optima = torch.ones(1, dtype=torch.float64), [torch.zeros(1, dtype=torch.float64)] * 4
+    alone = [torch.full((1,), 0.5, dtype=torch.float64)] + [torch.zeros(1, dtype=torch.float64)] * 3
+    weights = client_weights([1, 1, 1, 1])
+    fedavg = [(1 - 0.5 / 4) ** r for r in range(1, 7)]
+    merged = [float(g) for g in merge_pipeline(initial, optima, weights, alone, 6, merge_weight=1.0)]
+    half = [float(g) for g in merge_pipeline(initial, optima, weights, alone, 6, merge_weight=0.5)]
+    assert merged[0] == pytest.approx(fedavg[0]) and half[0] == pytest.approx(fedavg[0])   # round 1: no merge yet
+    assert all(m > h > f for m, h, f in zip(merged[1:], half[1:], fedavg[1:], strict=True))
+    assert (round(merged[-1], 3), round(half[-1], 3), round(fedavg[-1], 3)) == (0.558, 0.491, 0.449)
 
 
 # ---- user errors ----------------------------------------------------------------------------------
