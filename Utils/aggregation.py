@@ -30,6 +30,8 @@ SERVER_COMPENSATIONS = ("official", "dcasgd", "full", "none", "constant", "secan
 CLIENT_MERGE = "local"
 COMPENSATIONS = (*SERVER_COMPENSATIONS, CLIENT_MERGE)
 ADAPTIVE_COMPENSATIONS = ("secant",)
+# The forms whose C is built from the spread v; the others never need it, so their rounds skip computing it.
+SPREAD_COMPENSATIONS = ("official", "dcasgd")
 
 # Weights are p_k = n_k / sum(n); their float sum may miss 1 by rounding, never by more than this.
 _WEIGHT_SUM_TOLERANCE = 1e-6
@@ -59,12 +61,14 @@ class StreamingMoments:
 
     `start` is `prev`, the global model the uploads started from; it is referenced, not copied, so it
     must not change while uploads are added. The sum is taken in the order the uploads are added.
+    with_spread=False skips v (a difference and a product per upload, on the server's critical path) for
+    the forms that do not use it; result() then gives None for it.
     """
 
-    def __init__(self, start: Tensor):
+    def __init__(self, start: Tensor, with_spread: bool = True):
         self.start = start
         self._avg = torch.zeros_like(start)
-        self._spread = torch.zeros_like(start)
+        self._spread = torch.zeros_like(start) if with_spread else None
         self._weights: list[float] = []
 
     def add(self, local: Tensor, weight: float) -> None:
@@ -78,15 +82,16 @@ class StreamingMoments:
         if weight == 0:
             return
         self._avg.add_(local, alpha=weight)
-        update = self.start - local
-        self._spread.addcmul_(update, update, value=weight)
+        if self._spread is not None:
+            update = self.start - local
+            self._spread.addcmul_(update, update, value=weight)
 
     @property
     def num_added(self) -> int:
         return len(self._weights)
 
-    def result(self) -> tuple[Tensor, Tensor]:
-        """(avg, spread). Raises if nothing was added or the weights do not add up to 1."""
+    def result(self) -> tuple[Tensor, Tensor | None]:
+        """(avg, spread; None without it). Raises if nothing was added or the weights do not add up to 1."""
         if not self._weights:
             raise RuntimeError("StreamingMoments.result() called before any upload was added")
         _check_weights(self._weights)
@@ -109,25 +114,31 @@ def merged_upload(global_model: Tensor, local: Tensor, start: Tensor) -> Tensor:
     """U = G + (L - x): what a merging client uploads after a round that trained `start` (x) into `local`
     (L), with G the newest global model it holds (G_{r-1} after round r). The server averages these like
     FedAvg's models."""
-    return global_model + (local - start)
+    return torch.sub(local, start).add_(global_model)   # (L - x) + G: one new tensor, the same numbers
 
 
 def merged_start(global_model: Tensor, upload: Tensor, merge_weight: float) -> Tensor:
     """x = G + b (U - G) = (1 - b) G + b U: where a merging client trains its next round from, with U its
     merged_upload built on G and b the merge weight. b = 1 keeps all of the client's own progress (x = U
-    exactly), b = 0 drops it (x = G: the `none` form, up to rounding), between them the mix of the two."""
+    exactly), b = 0 drops it (x = G: the `none` form, up to rounding), between them the mix of the two.
+    At b = 1 the result is `upload` itself, not a copy: callers read it, never change it."""
     if not 0.0 <= merge_weight <= 1.0:
         raise ValueError(f"the merge weight b must be between 0 and 1, got {merge_weight}")
-    return torch.lerp(global_model, upload, merge_weight)   # exactly G at b = 0 and U at b = 1
+    if merge_weight == 1.0:
+        return upload   # what lerp gives at b = 1, without a pass over the model on the client's critical path
+    return torch.lerp(global_model, upload, merge_weight)   # exactly G at b = 0
 
 
-def compensation_coefficient(mode: str, spread: Tensor, lambd: float, constant: float = 0.0) -> Tensor | float:
+def compensation_coefficient(mode: str, spread: Tensor | None, lambd: float,
+                             constant: float = 0.0) -> Tensor | float:
     """C of g_c = g + C * (w - prev) for the fixed forms: official lambda*v*v, dcasgd lambda*v, full 1,
     none 0, constant `constant`; the client merge 0 (its uploads are not stale). The adaptive forms are
-    estimated by ServerUpdate (secant_coefficient)."""
+    estimated by ServerUpdate (secant_coefficient). `spread` may be None for the forms that do not use it."""
     _check_compensation(mode)
     if mode in ADAPTIVE_COMPENSATIONS:
         raise ValueError(f"{mode!r} is estimated from the updates (see secant_coefficient), not fixed")
+    if mode in SPREAD_COMPENSATIONS and spread is None:
+        raise ValueError(f"the {mode!r} compensation is built from the spread v: accumulate it (with_spread)")
     if mode == "official":
         return lambd * spread * spread
     if mode == "dcasgd":
@@ -165,8 +176,8 @@ class ServerUpdate:
 
     Holds the current global model w (flat), the model the uploads started from, and an Optimizer.SGD
     (lr=server_lr, momentum=mu, Nesterov when mu > 0) over w: w, prev, the momentum buffer and one
-    round's avg and v, so O(model) memory whatever the number of clients (the secant form keeps the
-    last update's g and prev too).
+    round's avg (and v, for the forms built on it), so O(model) memory whatever the number of clients
+    (the secant form keeps the last update's g and prev too).
 
     stale=False (FedAvg): the uploads started from w, so w - prev = 0 and the compensation is void.
     stale=True (Overlap): the uploads of update u started from G_0 for u = 1, 2 and G_{u-2} after.
@@ -221,7 +232,7 @@ class ServerUpdate:
 
     def new_round(self) -> StreamingMoments:
         """An accumulator for the uploads of the next update, relative to upload_start."""
-        return StreamingMoments(self.upload_start)
+        return StreamingMoments(self.upload_start, with_spread=self.compensation in SPREAD_COMPENSATIONS)
 
     def apply(self, moments: StreamingMoments) -> Tensor:
         """g_c from the uploads, prev = w, then one Nesterov step on w; returns the new w (live)."""
@@ -231,7 +242,7 @@ class ServerUpdate:
         avg, spread = moments.result()
         params = slice(0, self._num_params)
         start, w = self.upload_start[params], self._w[params]
-        coef = self._coefficient(start, avg[params], spread[params])
+        coef = self._coefficient(start, avg[params], None if spread is None else spread[params])
         grad = compensated_gradient(start, avg[params], w, coef)
         self.last_comp_coef = coef if isinstance(coef, float) else None
         if self.stale:
@@ -268,7 +279,7 @@ class ServerUpdate:
         self._last_pseudo_grad, self._last_start = state["last_pseudo_grad"], state["last_start"]
         self.num_updates, self.last_comp_coef = state["num_updates"], state["last_comp_coef"]
 
-    def _coefficient(self, start: Tensor, avg: Tensor, spread: Tensor) -> Tensor | float:
+    def _coefficient(self, start: Tensor, avg: Tensor, spread: Tensor | None) -> Tensor | float:
         if self.compensation not in ADAPTIVE_COMPENSATIONS:
             return compensation_coefficient(self.compensation, spread, self.lambd, self.comp_coef)
         pseudo_grad, estimate = start - avg, None

@@ -97,6 +97,26 @@ def test_streaming_moments_equal_batch_formulas():
     assert_close(spread, direct_spread(prev, locals_, weights), rtol=1e-6, atol=0)
 
 
+def test_moments_without_the_spread_keep_the_average_and_only_spread_forms_ask_for_it():
+    """The forms whose C does not use v skip it on the server's critical path: the same average, bit for bit;
+    ServerUpdate accumulates v exactly for official and dcasgd."""
+    prev = initial_model()
+    locals_ = [prev + d for d in random_deltas(2, 4)[0]]
+    weights = client_weights([40, 10, 25, 25])
+    full, lean = StreamingMoments(prev), StreamingMoments(prev, with_spread=False)
+    for local, p in zip(locals_, weights, strict=True):
+        full.add(local, p)
+        lean.add(local, p)
+    assert torch.equal(lean.result()[0], full.result()[0]) and lean.result()[1] is None
+    for mode in COMPENSATIONS:
+        moments = ServerUpdate(prev, stale=mode != CLIENT_MERGE, compensation=mode).new_round()
+        moments.add(locals_[0], 1.0)
+        assert (moments.result()[1] is not None) == (mode in ("official", "dcasgd")), mode
+    with pytest.raises(ValueError, match="built from the spread"):
+        compensation_coefficient("dcasgd", None, LAMBD)
+    assert compensation_coefficient("constant", None, LAMBD, CONSTANT) == CONSTANT
+
+
 def test_streaming_moments_misuse():
     moments = StreamingMoments(t(0, 0, 0))
     with pytest.raises(RuntimeError, match="before any upload"):

@@ -149,7 +149,7 @@ class ScheduleReplay:
 
 def uploads_average(start: Tensor, uploads: Uploads) -> Tensor:
     """avg = sum_k p_k L_k of uploads that started from `start`, summed as the server sums them."""
-    moments = StreamingMoments(start)
+    moments = StreamingMoments(start, with_spread=False)
     for local, weight in uploads:
         moments.add(local, weight)
     return moments.result()[0]
