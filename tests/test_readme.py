@@ -18,8 +18,25 @@ def readme_block(after: str) -> list[str]:
     return README[README.index("\n", start) + 1:README.index("```", start + 3)].strip().splitlines()
 
 
+# PyTorch picks its CPU kernels by instruction set (AVX2, AVX-512, ...), so another CPU rounds differently
+# and the last digit of a metric can move (the main job: 0.9780 with AVX-512 kernels, 0.9782 with AVX2).
+# Counts, labels and rounds must match exactly; a metric within 0.001 (10 of MNIST's 10,000 test images).
+METRIC_TOLERANCE = 0.001
+
+
 def figures(lines: list[str]) -> list[str]:
     return [f for line in lines for f in FIGURES.findall(line)]
+
+
+def assert_figures_match(got: list[str], shown: list[str]) -> None:
+    assert shown and len(got) == len(shown), (got, shown)
+    for mine, theirs in zip(got, shown, strict=True):
+        if re.fullmatch(r"\w+ \d\.\d{4}", theirs):
+            label, value = theirs.split()
+            assert mine.split()[0] == label and abs(float(mine.split()[1]) - float(value)) <= METRIC_TOLERANCE, \
+                (got, shown)
+        else:
+            assert mine == theirs, (got, shown)
 
 
 def test_the_tiny_run_prints_what_the_readme_shows(mnist_root, tmp_path):
@@ -31,7 +48,7 @@ def test_the_tiny_run_prints_what_the_readme_shows(mnist_root, tmp_path):
     done = run_job("AsyncFedAvg.py", *options, out_dir=tmp_path / "run", data_dir=mnist_root)
     assert done.returncode == 0, done.stderr[-2000:]
     shown = readme_block("A tiny run")
-    assert figures(done.stderr.splitlines()) == figures(shown) and figures(shown)
+    assert_figures_match(figures(done.stderr.splitlines()), figures(shown))
 
 
 def test_the_main_job_ends_with_the_readme_figures(mnist_root, tmp_path):
@@ -41,4 +58,4 @@ def test_the_main_job_ends_with_the_readme_figures(mnist_root, tmp_path):
                    data_dir=mnist_root, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     last = [line for line in done.stderr.splitlines() if "done: " in line]
-    assert figures(last) == figures(shown)
+    assert_figures_match(figures(last), figures(shown))
