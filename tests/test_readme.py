@@ -31,10 +31,9 @@ def figures(lines: list[str]) -> list[str]:
 def assert_figures_match(got: list[str], shown: list[str]) -> None:
     assert shown and len(got) == len(shown), (got, shown)
     for mine, theirs in zip(got, shown, strict=True):
-        if re.fullmatch(r"\w+ \d\.\d{4}", theirs):
-            label, value = theirs.split()
-            assert mine.split()[0] == label and abs(float(mine.split()[1]) - float(value)) <= METRIC_TOLERANCE, \
-                (got, shown)
+        if re.fullmatch(r"\w+ \d\.\d{4}", theirs):   # a metric: its label exact, its value within the tolerance
+            (my_label, my_value), (label, value) = mine.split(), theirs.split()
+            assert my_label == label and abs(float(my_value) - float(value)) <= METRIC_TOLERANCE, (got, shown)
         else:
             assert mine == theirs, (got, shown)
 
