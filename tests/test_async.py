@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 from helpers_e2e import QUICK_MNIST, TIMING_COLUMNS, job_env, read_config, read_metrics, replay_schedule, run_job
 
+from Utils.tools.replay import ScheduleReplay, server_update_step
+
 pytestmark = pytest.mark.slow
 SERVER = ("--compensation", "full", "--mom", "0.5", "--server_lr", "0.3")
 
@@ -64,6 +66,20 @@ def test_the_client_merge_trains_exactly_the_replayed_schedule_on_any_link(merge
                    data_dir=mnist_root)
     assert slow.returncode == 0, slow.stderr[-3000:]
     assert without_timing(read_metrics(tmp_path / "slow")) == without_timing(rows)
+
+
+def test_a_text_job_with_the_client_merge_trains_exactly_the_replayed_schedule(ptb_root, tmp_path):
+    """The replay covers the language model too (its vocabulary, gradient clipping and --test_samples): a PTB
+    Transformer job with the client merge, perplexity bit for bit."""
+    done = run_job("AsyncFedAvg.py", "--dataset", "ptb", "--model", "transformer", "--world_size", "3",
+                   "--max_train_samples", "8000", "--test_samples", "2000", "--lr", "1", "--client_epoch", "1",
+                   "--max_epoch", "2", "--master_port", "0", "--timeout", "60", out_dir=tmp_path / "ptb",
+                   data_dir=ptb_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    replay = ScheduleReplay(ptb_root, dataset="ptb", model="transformer", num_clients=2, max_train_samples=8000,
+                            test_samples=2000, lr=1.0)
+    replayed = replay.run_client_merge(server_update_step(replay.initial, overlap=True, compensation="local"), 2)
+    assert [f"{p:.6g}" for p in replayed] == [r["perplexity"] for r in read_metrics(tmp_path / "ptb")]
 
 
 def test_identical_metrics_on_a_slow_emulated_link(overlap_run, mnist_root, tmp_path):

@@ -23,7 +23,7 @@ from Utils.aggregation import (
 )
 from Utils.compression import ErrorFeedback, decode, encode
 from Utils.data.datasets import load_dataset
-from Utils.data.partition import client_shards, limit_training_set
+from Utils.data.partition import client_shards, limit_test_set, limit_training_set, shard_size
 from Utils.federation import round_sample
 from Utils.flat import flatten_model, load_flat_into_model
 from Utils.training import LocalTrainer
@@ -64,28 +64,30 @@ class ReplayWire:
 
 
 class ScheduleReplay:
-    """N image clients on a non-IID partition, trained exactly as a job with these options trains them."""
+    """N clients (images or text) on a partition, trained and evaluated exactly as a job with these options trains
+    and evaluates them (test_samples: the job's --test_samples)."""
 
     def __init__(self, data_root: str | Path, *, dataset: str = "mnist", model: str = "mlp", num_clients: int = 2,
                  epochs: int = 1, max_train_samples: int | None = None, seed: int = 2020, lr: float = 0.01,
                  batch_size: int = 32, compression: str = "none", topk_ratio: float = 0.05,
                  clients_per_round: int | None = None, sampling: str = "uniform", client_ranks: int = 1,
-                 partition: str = "noniid", shards_per_client: int = 2):
+                 partition: str = "noniid", shards_per_client: int = 2, test_samples: int | None = None):
         torch.set_num_threads(1)   # as every rank does: the figures must not depend on the core count
         self.data = limit_training_set(load_dataset(dataset, data_root), max_train_samples, seed)
         torch.manual_seed(seed)
-        self.model = build_model(model, self.data.num_classes)
+        self.model = build_model(model, self.data.output_size, **self.data.model_shape)
         self.initial = flatten_model(self.model).clone()
         shards = client_shards(self.data, num_clients, partition, seed, shards_per_client=shards_per_client)
         # How many clients train does not depend on which rank hosts them: one model serves them all
-        trainer_model = build_model(model, self.data.num_classes)
+        trainer_model = build_model(model, self.data.output_size, **self.data.model_shape)
         self.trainers = [LocalTrainer(trainer_model, self.data, shard, batch_size=batch_size, lr=lr, epochs=epochs,
                                       seed=seed, client=k + 1)
                          for k, shard in enumerate(shards)]
-        self.num_samples = [len(shard) for shard in shards]
+        self.num_samples = [shard_size(shard) for shard in shards]   # tokens for text, as the server weighs them
         self.per_round, self.seed = clients_per_round or num_clients, seed
         self.sampling, self.client_ranks = sampling, client_ranks   # the job's --sampling and world_size - 1
         self.compression, self.topk_ratio = compression, topk_ratio
+        self.test = limit_test_set(self.data, test_samples, seed)
 
     def sampled(self, round_number: int) -> tuple[list[int], list[float]]:
         """The 0-based indices of the clients round `round_number` (1..R) samples, and their weights p_k."""
@@ -104,11 +106,12 @@ class ScheduleReplay:
         return [(local, weight) for _, local, weight in self.trained(start, round_number)]
 
     def run_client_merge(self, step: ServerStep, rounds: int, *, merge_weight: float = 1.0) -> list[float]:
-        """Test accuracy of G_1..G_rounds with the client merge (--compensation local): client k's round r (1..R)
-        trains from its own start x_k, uploads U_k = G_{r-1} + (L_k - x_k) and starts round r + 1 from
-        G_{r-1} + b (U_k - G_{r-1}); update r averages the uploads relative to w = G_{r-1} itself. A client the
-        round before did not sample starts from G_{r-2} (G_0 in rounds 1 and 2), which holds its last progress."""
-        versions, accuracy = [self.initial.clone()], []
+        """The test metric (accuracy; perplexity for text) of G_1..G_rounds with the client merge (--compensation
+        local): client k's round r (1..R) trains from its own start x_k, uploads U_k = G_{r-1} + (L_k - x_k) and
+        starts round r + 1 from G_{r-1} + b (U_k - G_{r-1}); update r averages the uploads relative to w = G_{r-1}
+        itself. A client the round before did not sample starts from G_{r-2} (G_0 in rounds 1 and 2), which holds
+        its last progress."""
+        versions, scores = [self.initial.clone()], []
         wire = ReplayWire(versions[0], len(self.trainers), self.compression, self.topk_ratio)
         carried: dict[int, Tensor] = {}
         shared = wire.held   # what a client the last round did not sample trains from: G_{r-1} as held
@@ -124,17 +127,18 @@ class ScheduleReplay:
             versions.append(step(r, latest, uploads, latest).clone())
             shared = held
             wire.broadcast(versions[-1])
-            accuracy.append(self.accuracy(versions[-1]))
-        return accuracy
+            scores.append(self.evaluate(versions[-1]))
+        return scores
 
-    def accuracy(self, flat: Tensor) -> float:
+    def evaluate(self, flat: Tensor) -> float:
+        """The dataset's test metric of the model `flat`, on the job's test set."""
         load_flat_into_model(flat, self.model)
-        return self.data.evaluate(self.model)["accuracy"]
+        return self.test.evaluate(self.model)[self.data.metric]
 
     def run(self, step: ServerStep, rounds: int, *, overlap: bool) -> list[float]:
-        """Test accuracy of G_1..G_rounds. FedAvg's round r (1..R) trains from G_{r-1}; Overlap's from G_{r-2}
+        """The test metric of G_1..G_rounds. FedAvg's round r (1..R) trains from G_{r-1}; Overlap's from G_{r-2}
         (rounds 1 and 2 from G_0), so update r's uploads started from G_{max(r-2, 0)} while w is G_{r-1}."""
-        versions, accuracy = [self.initial.clone()], []
+        versions, scores = [self.initial.clone()], []
         wire = ReplayWire(versions[0], len(self.trainers), self.compression, self.topk_ratio)
         held = [wire.held]   # what the clients hold of each version (with --compress none: the versions)
         for r in range(1, rounds + 1):
@@ -143,8 +147,8 @@ class ScheduleReplay:
                        for k, local, weight in self.trained(held[before], r)]
             versions.append(step(r, versions[before], uploads, versions[-1]).clone())
             held.append(wire.broadcast(versions[-1]))
-            accuracy.append(self.accuracy(versions[-1]))
-        return accuracy
+            scores.append(self.evaluate(versions[-1]))
+        return scores
 
 
 def uploads_average(start: Tensor, uploads: Uploads) -> Tensor:
