@@ -69,7 +69,7 @@ def test_the_client_merge_trains_exactly_the_replayed_schedule_on_any_link(merge
 
 
 def test_a_text_job_with_the_client_merge_trains_exactly_the_replayed_schedule(ptb_root, tmp_path):
-    """The replay covers the language model too (its vocabulary, gradient clipping and --test_samples): a PTB
+    """The replay covers the language model too (its vocabulary, clients weighed by tokens, --test_samples): a PTB
     Transformer job with the client merge, perplexity bit for bit."""
     done = run_job("AsyncFedAvg.py", "--dataset", "ptb", "--model", "transformer", "--world_size", "3",
                    "--max_train_samples", "8000", "--test_samples", "2000", "--lr", "1", "--client_epoch", "1",
