@@ -1,0 +1,36 @@
+"""benchmarks/text_seeds.py's summary over seeds, on curves made up here (no job runs), and the README's
+quote of it."""
+import re
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import text_seeds  # noqa: E402
+
+MERGE = "local b1 mu0 slr1"
+
+
+def test_the_summary_counts_the_level_the_seeds_below_and_the_rounds_above():
+    curves = {(1, "FedAvg"): [300.0, 200.0, 100.0], (1, MERGE): [300.0, 210.0, 102.0],
+              (2, "FedAvg"): [300.0, 200.0, 100.0], (2, MERGE): [300.0, 192.0, 103.0]}
+    row = text_seeds.summary_table(curves, [1, 2], ["FedAvg", MERGE]).splitlines()[-1]
+    # gaps after the last round +2.0 and +3.0 %: mean +2.5, sd 0.7; only seed 1 is within 1.02x
+    assert row == f"| {MERGE} | +2.5 % (0.7 %) | +2.0 to +3.0 % | 1 of 2 | 0 of 2 | 3 of 4 | +1.5 % |"
+    by_round = text_seeds.by_round_table(curves, [1, 2], ["FedAvg", MERGE]).splitlines()[-1]
+    assert by_round == f"| {MERGE} | +0.0 % | +0.5 % | +2.5 % |"
+    assert "102.0 (+2.0 %, ✓)" in text_seeds.per_seed_table(curves, [1, 2], ["FedAvg", MERGE])
+
+
+def test_the_readme_quotes_the_generated_report():
+    report = (ROOT / "docs" / "text-seeds.md").read_text()
+    seeds = re.search(r"over (\d+) seeds", report).group(1)
+    gaps = {}
+    for dataset in text_seeds.DATASETS:
+        section = report[report.index(f"## {dataset}, non-IID"):]
+        gaps[dataset] = re.search(rf"\| {MERGE} \| \+?(-?[\d.]+) %", section).group(1)
+    words = {"8": "eight"}
+    quote = (f"Over {words.get(seeds, seeds)} seeds it ends {gaps['ptb']} % above FedAvg on PTB and "
+             f"{gaps['wikitext2']} % on WikiText-2")
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert quote in readme, quote
