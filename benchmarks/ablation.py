@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from bench_time_to_accuracy import NUM_CLIENTS, SETTINGS, Setting  # noqa: E402
-from jobs import read_metrics, run_job  # noqa: E402
+from jobs import finished_or_run  # noqa: E402
 
 # name -> (script, options). FedAvgM uses the Nesterov server step Overlap uses with mu 0.9.
 CELLS = {
@@ -85,14 +85,12 @@ def run(cell: str, setting_name: str, seed: int, args) -> list[float]:
     setting: Setting = SETTINGS[setting_name]
     script, options = CELLS[cell]
     out_dir = Path(args.work_dir) / f"seed{seed}" / setting_name / cell.replace(" ", "_").replace("=", "")
-    rows = read_metrics(out_dir) if (out_dir / "metrics.csv").is_file() else []
-    if len(rows) != setting.rounds:
-        options = ["--dataset", setting.dataset, "--model", setting.model, "--world_size", str(NUM_CLIENTS + 1),
-                   "--client_epoch", str(setting.epochs), "--max_epoch", str(setting.rounds), "--seed", str(seed),
-                   "--data_dir", args.data_dir, *options]
-        if setting.subset:
-            options += ["--max_train_samples", str(setting.subset)]
-        rows = run_job(script, options, out_dir, args.job_timeout).rows
+    options = ["--dataset", setting.dataset, "--model", setting.model, "--world_size", str(NUM_CLIENTS + 1),
+               "--client_epoch", str(setting.epochs), "--max_epoch", str(setting.rounds), "--seed", str(seed),
+               "--data_dir", args.data_dir, *options]
+    if setting.subset:
+        options += ["--max_train_samples", str(setting.subset)]
+    rows = finished_or_run(script, options, out_dir, setting.rounds, args.job_timeout)
     accuracy = [row["accuracy"] for row in rows]
     print(f"seed {seed} {setting_name:9s} {cell:22s} " + " ".join(f"{a:.4f}" for a in accuracy), flush=True)
     return accuracy

@@ -104,6 +104,13 @@ def run_job(script: str, options: list[str], out_dir: Path, timeout_s: float, ch
     return JobResult(COMMANDS[-1], read_metrics(out_dir), read_summary(out_dir), elapsed, status)
 
 
+def finished_or_run(script: str, options: list[str], out_dir: Path, rounds: int, timeout_s: float) -> list[dict]:
+    """The metrics.csv rows of a finished run of `rounds` rounds in out_dir, or else of a job run there now: how
+    a sweep resumes after an interruption without running a finished job again."""
+    rows = read_metrics(out_dir) if (out_dir / "metrics.csv").is_file() else []
+    return rows if len(rows) == rounds else run_job(script, options, out_dir, timeout_s).rows
+
+
 def read_metrics(out_dir: Path) -> list[dict]:
     """A run directory's metrics.csv, numbers as floats (NaN where empty): the one metrics reader."""
     with (out_dir / "metrics.csv").open() as f:

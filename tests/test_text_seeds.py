@@ -1,5 +1,5 @@
-"""benchmarks/text_seeds.py's summary over seeds, on curves made up here (no job runs), and the README's
-quote of it."""
+"""benchmarks/text_seeds.py's summary over seeds, on curves made up here (no job runs), the README's quote
+of it, and how a sweep reuses a finished run."""
 import re
 import sys
 
@@ -7,6 +7,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import text_seeds  # noqa: E402
+from jobs import finished_or_run  # noqa: E402
 
 MERGE = "local b1 mu0 slr1"
 
@@ -34,3 +35,9 @@ def test_the_readme_quotes_the_generated_report():
              f"{gaps['wikitext2']} % on WikiText-2")
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert quote in readme, quote
+
+
+def test_a_finished_run_is_read_not_run_again(tmp_path):
+    (tmp_path / "metrics.csv").write_text("round,perplexity\n1,300.5\n2,200.25\n")
+    rows = finished_or_run("no_such_script.py", [], tmp_path, rounds=2, timeout_s=1)
+    assert [row["perplexity"] for row in rows] == [300.5, 200.25]
