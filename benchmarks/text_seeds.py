@@ -14,8 +14,8 @@ resumes.
     python benchmarks/text_seeds.py --data_dir ./data                     # writes docs/text-seeds.md
     python benchmarks/text_seeds.py --data_dir ./data --datasets ptb --seeds 2020 2021 --out /tmp/t.md
 
-Time: about 25 s a job on 2 cores, half an hour for the 66 jobs of the default report; finished runs are
-not run again.
+Time: about 30 s a PTB job and 80 s a WikiText-2 job on 2 cores, about an hour for the 66 jobs of the
+default report; finished runs are not run again.
 Figures: docs/text-seeds.md (docs/defaults.md sums it up).
 """
 from __future__ import annotations
