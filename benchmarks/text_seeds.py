@@ -2,9 +2,9 @@
 
 The reproduction matrix judges each row on one seed; on these two rows the gap between the merge and
 FedAvg is smaller than the spread between seeds, so this runs them on several. Every cell is a real job
-(FedAvg.py, or AsyncFedAvg.py with the client merge at weight b) of the matrix's quick text row (4 non-IID
-clients, 6 rounds of 1 local epoch on 24,000 training tokens, 10,000 test tokens, lr 1; no emulated link:
-the schedule, and so every perplexity, does not depend on it). The report gives each cell's perplexity
+(FedAvg.py, or AsyncFedAvg.py with the client merge at weight b) of the matrix's quick text row, with
+its settings as reproduce.py's ROWS gives them (the report names them), and no emulated link: the
+schedule, and so every perplexity, does not depend on it. The report gives each cell's perplexity
 after the last round and its gap to FedAvg's, per seed; over the seeds, the mean gap and its standard
 deviation, the seeds on which the cell reaches the matrix's level (1.02x FedAvg's best) and those on
 which it ends below FedAvg; and over rounds 2..R how often and by how much the cell is above FedAvg. A
@@ -79,6 +79,7 @@ def gap(ours: float, fedavg: float) -> float:
 
 
 def reaches_level(curve: list[float], fedavg: list[float]) -> bool:
+    """The matrix's test: the cell's best perplexity within LEVEL x FedAvg's best."""
     return min(curve) <= LEVEL * min(fedavg)
 
 
@@ -131,6 +132,7 @@ def curves_table(curves: dict[tuple[int, str], list[float]], seed: int, cells: l
 
 
 def row_settings(dataset: str) -> str:
+    """What a dataset's text row runs, in words, from its quick scale and options."""
     row = text_row(dataset)
     scale = row_scale(row, "quick")
     return (f"{scale.rounds} rounds of {scale.epochs} local epoch{'s' if scale.epochs > 1 else ''} on "
