@@ -132,9 +132,10 @@ def row_scale(row: Row, scale: str, rounds: int | None = None) -> Scale:
     return chosen if rounds is None else Scale(chosen.train, chosen.test, chosen.epochs, rounds)
 
 
-def job_options(args, row: Row, scale: Scale, *, evaluate: bool, rounds: int | None = None) -> list[str]:
+def job_options(args, row: Row, scale: Scale, *, evaluate: bool, rounds: int | None = None,
+                partition: str = "noniid") -> list[str]:
     options = ["--world_size", str(NUM_CLIENTS + 1), "--dataset", row.dataset, "--model", row.model,
-               "--partition", "noniid", "--seed", str(args.seed), "--max_epoch", str(rounds or scale.rounds),
+               "--partition", partition, "--seed", str(args.seed), "--max_epoch", str(rounds or scale.rounds),
                "--client_epoch", str(scale.epochs), "--data_dir", args.data_dir]
     if scale.train:
         options += ["--max_train_samples", str(scale.train)]

@@ -62,8 +62,7 @@ def perplexities(job: Job, args) -> list[float]:
                / job.cell.replace(" ", "_"))
     script, cell_options = CELLS[job.cell]
     options = job_options(argparse.Namespace(seed=job.seed, data_dir=args.data_dir, gpus=None), row, scale,
-                          evaluate=True)
-    options[options.index("--partition") + 1] = job.partition
+                          evaluate=True, partition=job.partition)
     rows = finished_or_run(script, options + cell_options, out_dir, scale.rounds, args.job_timeout)
     curve = [row["perplexity"] for row in rows]
     if any(math.isnan(value) for value in curve):
