@@ -8,15 +8,18 @@ schedule, and so every perplexity, does not depend on it. The report gives each 
 after the last round and its gap to FedAvg's, per seed; over the seeds, the mean gap and its standard
 deviation, the seeds on which the cell reaches the matrix's level (1.02x FedAvg's best) and those on
 which it ends below FedAvg; and over rounds 2..R how often and by how much the cell is above FedAvg. A
-control runs PTB's first seed with --partition iid. Finished runs are reused, so an interrupted sweep
-resumes.
+control runs PTB's first seed with --partition iid. --max_train_samples runs every job on another number
+of training tokens than the row's, to see how the gap depends on the shards' size. Finished runs are
+reused (a run directory's path holds its size), so an interrupted sweep resumes.
 
     python benchmarks/text_seeds.py --data_dir ./data                     # writes docs/text-seeds.md
     python benchmarks/text_seeds.py --data_dir ./data --datasets ptb --seeds 2020 2021 --out /tmp/t.md
+    python benchmarks/text_seeds.py --data_dir ./data --datasets ptb --max_train_samples 96000   # -ptb-96k.md
 
 Time: about 30 s a PTB job and 80 s a WikiText-2 job on 2 cores, about an hour for the 66 jobs of the
 default report; finished runs are not run again.
-Figures: docs/text-seeds.md (docs/defaults.md sums it up).
+Figures: docs/text-seeds.md, and PTB on 96,000 tokens docs/text-seeds-ptb-96k.md (docs/defaults.md sums
+them up).
 """
 from __future__ import annotations
 
@@ -25,14 +28,14 @@ import math
 import shlex
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from ablation import CELLS  # noqa: E402
 from jobs import finished_or_run  # noqa: E402
-from reproduce import NUM_CLIENTS, ROWS, Row, job_options, row_scale  # noqa: E402
+from reproduce import NUM_CLIENTS, ROWS, Row, Scale, job_options, row_scale  # noqa: E402
 
 DATASETS = ("ptb", "wikitext2")
 # FedAvg first: every gap is to it. The defaults' merge (b = 1), and two smaller merge weights.
@@ -54,11 +57,18 @@ def text_row(dataset: str) -> Row:
     return next(row for row in ROWS if row.dataset == dataset and row.model == "transformer")
 
 
+def text_scale(dataset: str, train_tokens: int | None) -> Scale:
+    """The row's quick scale, with train_tokens (--max_train_samples) training tokens when given."""
+    scale = row_scale(text_row(dataset), "quick")
+    return scale if train_tokens is None else replace(scale, train=train_tokens)
+
+
 def perplexities(job: Job, args) -> list[float]:
     """Perplexity after every round of one job, running it unless a finished run is there."""
     row = text_row(job.dataset)
-    scale = row_scale(row, "quick")
-    out_dir = (Path(args.work_dir) / f"{job.dataset}-{job.partition}" / f"seed{job.seed}"
+    scale = text_scale(job.dataset, args.max_train_samples)
+    # the size is part of the path: a run of another size is never taken for this one
+    out_dir = (Path(args.work_dir) / f"{job.dataset}-{job.partition}-{scale.train}" / f"seed{job.seed}"
                / job.cell.replace(" ", "_"))
     script, cell_options = CELLS[job.cell]
     options = job_options(argparse.Namespace(seed=job.seed, data_dir=args.data_dir, gpus=None), row, scale,
@@ -130,17 +140,18 @@ def curves_table(curves: dict[tuple[int, str], list[float]], seed: int, cells: l
     return "\n".join(lines)
 
 
-def row_settings(dataset: str) -> str:
+def row_settings(dataset: str, train_tokens: int | None) -> str:
     """What a dataset's text row runs, in words, from its quick scale and options."""
     row = text_row(dataset)
-    scale = row_scale(row, "quick")
+    scale = text_scale(dataset, train_tokens)
+    resized = "" if scale.train == row.quick.train else f" (the matrix's row: {row.quick.train:,})"
     return (f"{scale.rounds} rounds of {scale.epochs} local epoch{'s' if scale.epochs > 1 else ''} on "
-            f"{scale.train:,} training tokens, {scale.test:,} test tokens, `{' '.join(row.options)}`")
+            f"{scale.train:,} training tokens{resized}, {scale.test:,} test tokens, `{' '.join(row.options)}`")
 
 
-def header(command: str, seeds: list[int], datasets: list[str]) -> str:
+def header(command: str, seeds: list[int], datasets: list[str], train_tokens: int | None = None) -> str:
     """The report's title and how to read it, with each row's settings as the matrix defines them."""
-    settings = {dataset: row_settings(dataset) for dataset in datasets}
+    settings = {dataset: row_settings(dataset, train_tokens) for dataset in datasets}
     if len(set(settings.values())) == 1:   # the rows agree: say it once
         settings = {"both": settings[datasets[0]]} if len(datasets) > 1 else settings
     shown = "; ".join(f"{dataset}: {text}" for dataset, text in settings.items())
@@ -163,6 +174,12 @@ def control_section(seed: int, args) -> list[str]:
             curves_table(control, seed, list(CONTROL_CELLS)), f"Gap after the last round: {final_gap:+.1f} %."]
 
 
+def default_report(datasets: list[str], train_tokens: int | None) -> str:
+    """Where the report goes without --out: a resized sweep gets a file of its own, named by its size."""
+    resized = "" if train_tokens is None else f"-{'-'.join(datasets)}-{train_tokens / 1000:g}k"
+    return f"docs/text-seeds{resized}.md"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -171,11 +188,17 @@ def main() -> None:
     add("--cells", nargs="+", choices=DEFAULT_CELLS[1:], default=list(DEFAULT_CELLS[1:]),
         help="the merge cells to run (FedAvg always runs: every gap is to it)")
     add("--no_control", action="store_true", help="skip the --partition iid control on PTB's first seed")
+    add("--max_train_samples", type=int, default=None,
+        help="training tokens of every job (default: the matrix row's); the report says which")
     add("--data_dir", default="./data", help="data root holding ptb/ and wikitext-2/ (see prepare_data.py)")
     add("--work_dir", default="runs/text-seeds", help="run directories; finished runs are reused")
-    add("--out", default="docs/text-seeds.md", help="markdown report to write")
+    add("--out", default=None, help="markdown report to write (default: docs/text-seeds.md, and with "
+        "--max_train_samples N docs/text-seeds-DATASETS-Nk.md)")
     add("--job_timeout", type=float, default=1800.0, help="seconds before a job is declared hung")
     args = parser.parse_args()
+    if args.max_train_samples is not None and args.max_train_samples < 1:
+        sys.exit(f"error: --max_train_samples {args.max_train_samples}: give a positive number of tokens")
+    args.out = args.out or default_report(args.datasets, args.max_train_samples)
     args.data_dir = str(Path(args.data_dir).resolve())
     args.work_dir = str(Path(args.work_dir).resolve())
     cells = ["FedAvg", *(cell for cell in DEFAULT_CELLS[1:] if cell in args.cells)]
@@ -186,7 +209,9 @@ def main() -> None:
         command += ["--cells", *map(shlex.quote, cells[1:])]
     if args.no_control:
         command.append("--no_control")
-    sections = [header(" ".join(command), seeds, args.datasets)]
+    if args.max_train_samples is not None:
+        command += ["--max_train_samples", str(args.max_train_samples)]
+    sections = [header(" ".join(command), seeds, args.datasets, args.max_train_samples)]
     for dataset in args.datasets:
         curves = {(seed, cell): perplexities(Job(dataset, seed, cell), args) for seed in seeds for cell in cells}
         sections += [f"## {dataset}, non-IID", summary_table(curves, seeds, cells),
