@@ -79,9 +79,7 @@ def main() -> None:
     verdicts: list[tuple[str, bool]] = []
     print(f"benchmark: {shlex.join([sys.executable] + sys.argv)}")
     data = load_dataset(args.dataset, args.data_dir)
-    text = dataset_is_text(args.dataset)
-    shape = {} if text else {"in_channels": data.in_channels, "image_size": data.image_size}
-    numel = model_size(build_model(args.model, data.vocab_size if text else data.num_classes, **shape))
+    numel = model_size(build_model(args.model, data.output_size, **data.model_shape))
     del data
     copy_mb = numel * 4 / MB
     print(f"\nmodel {args.model} on {args.dataset}: {numel:,} parameters = {copy_mb:.1f} MB per float32 copy")
