@@ -10,7 +10,6 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import jobs  # noqa: E402
 import text_seeds  # noqa: E402
-from jobs import finished_or_run  # noqa: E402
 
 MERGE = "local b1 mu0 slr1"
 
@@ -42,7 +41,7 @@ def test_the_readme_quotes_the_generated_report():
 
 def test_a_finished_run_is_read_not_run_again(tmp_path):
     (tmp_path / "metrics.csv").write_text("round,perplexity\n1,300.5\n2,200.25\n")
-    rows = finished_or_run("no_such_script.py", [], tmp_path, rounds=2, timeout_s=1)
+    rows = jobs.finished_or_run("no_such_script.py", [], tmp_path, rounds=2, timeout_s=1)
     assert [row["perplexity"] for row in rows] == [300.5, 200.25]
 
 
@@ -72,7 +71,7 @@ def test_another_size_is_named_in_the_report_and_never_read_from_a_run_of_the_ro
         text_seeds.perplexities(job, argparse.Namespace(**{**vars(args), "max_train_samples": other}))
 
 
-def test_a_size_of_no_tokens_is_refused(monkeypatch, capsys):
+def test_a_size_of_no_tokens_is_refused(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["text_seeds.py", "--max_train_samples", "0"])
     with pytest.raises(SystemExit, match=r"--max_train_samples 0: give a positive number of tokens"):
         text_seeds.main()
