@@ -120,7 +120,9 @@ ROWS = (
     Row("cifar10", "vgg", Scale(4000, 1000, 1, 8), compressed=True),
     Row("cifar10", "resnet", Scale(1000, 500, 1, 6), compressed=True),
     Row("wikitext2", "transformer", Scale(24000, 10000, 1, 6), options=TRANSFORMER_LR, compressed=True),
-    Row("ptb", "transformer", Scale(24000, 10000, 1, 6), options=TRANSFORMER_LR, compressed=True),
+    # PTB on 96,000 tokens: on 24,000 two of its four non-IID shards held 2-3 batches, and its gap between
+    # methods over seeds (sd 2.6 %, benchmarks/text_seeds.py) was wider than the 1.02x level that judges it.
+    Row("ptb", "transformer", Scale(96000, 10000, 1, 6), options=TRANSFORMER_LR, compressed=True),
     Row("emnist", "mnistnet", Scale(6000, 2000, 1, 10), optional=True),
     Row("cifar100", "cnncifar", Scale(10000, 2000, 1, 10), optional=True),
 )
