@@ -14,12 +14,12 @@ reused (a run directory's path holds its size), so an interrupted sweep resumes.
 
     python benchmarks/text_seeds.py --data_dir ./data                     # writes docs/text-seeds.md
     python benchmarks/text_seeds.py --data_dir ./data --datasets ptb --seeds 2020 2021 --out /tmp/t.md
-    python benchmarks/text_seeds.py --data_dir ./data --datasets ptb --max_train_samples 96000   # -ptb-96k.md
+    python benchmarks/text_seeds.py --data_dir ./data --datasets ptb --max_train_samples 24000   # -ptb-24k.md
 
-Time: about 30 s a PTB job and 80 s a WikiText-2 job on 2 cores, about an hour for the 66 jobs of the
-default report; finished runs are not run again.
-Figures: docs/text-seeds.md, and PTB on 96,000 tokens docs/text-seeds-ptb-96k.md (docs/defaults.md sums
-them up).
+Time: about 75 s a PTB job (96,000 tokens) and 80 s a WikiText-2 job on 2 cores, about an hour and a half
+for the 66 jobs of the default report; finished runs are not run again.
+Figures: docs/text-seeds.md, and PTB on its former 24,000 tokens docs/text-seeds-ptb-24k.md (docs/defaults.md
+sums them up).
 """
 from __future__ import annotations
 
