@@ -57,39 +57,47 @@ def test_targets_and_speed_ups():
     assert final_text({"metric": "perplexity", "final": 123.45}) == "123.5"
 
 
-def test_the_compression_section_judges_each_compressed_run(tmp_path):
-    """Synthetic run directories: the section compares each compressed run with the same method uncompressed."""
-    from results_report import Report
-
+def _write_run(work, link: str, method: str, accuracy: list[float], round_s: list[float], train_s: float = 2.0,
+               comm_s: float = 8.0, message_bytes: int = 0) -> None:
+    """A synthetic run directory of the row cifar10-vgg: its metrics.csv and summary.json."""
     from Utils.run_log import MetricsWriter, summarise_rows
 
-    def run(method: str, accuracy: list[float], round_s: float, train_s: float, comm_s: float,
-            message_bytes: int = 0) -> None:
-        out = tmp_path / "work" / "cifar10-vgg" / "realistic" / method
-        out.mkdir(parents=True)
-        rows = [{"round": r + 1, "accuracy": a, "round_s": round_s, "train_s": train_s, "comm_s": comm_s,
-                 "comm_wait_s": 0.0, "wall_s": 1.0 + (r + 1) * round_s, "bytes_up": 4 * message_bytes,
-                 "bytes_down": 4 * message_bytes} for r, a in enumerate(accuracy)]
-        writer = MetricsWriter(out / "metrics.csv", "accuracy")
-        for row in rows:
-            writer.write(row)
-        writer.close()
-        (out / "summary.json").write_text(json.dumps({"metric": "accuracy",
-                                                      **summarise_rows(rows, "accuracy", (), 1.0)}))
+    out = work / "cifar10-vgg" / link / method
+    out.mkdir(parents=True)
+    rows = [{"round": r + 1, "accuracy": a, "round_s": round_s[r], "train_s": train_s, "comm_s": comm_s,
+             "comm_wait_s": 0.0, "wall_s": 1.0 + sum(round_s[:r + 1]), "bytes_up": 4 * message_bytes,
+             "bytes_down": 4 * message_bytes} for r, a in enumerate(accuracy)]
+    writer = MetricsWriter(out / "metrics.csv", "accuracy")
+    for row in rows:
+        writer.write(row)
+    writer.close()
+    (out / "summary.json").write_text(json.dumps({"metric": "accuracy", **summarise_rows(rows, "accuracy", (), 1.0)}))
 
-    run("fedavg", [0.3, 0.5, 0.6], 10.0, 2.0, 8.0)
-    run("overlap", [0.3, 0.5, 0.6], 8.0, 2.0, 8.0)
-    run("overlap-topk", [0.3, 0.49, 0.6], 2.2, 2.0, 1.0, 1_250_000)   # 1 point below the uncompressed in round 2
-    run("fedavg-topk", [0.3, 0.5, 0.6], 3.5, 2.0, 1.0, 1_250_000)
+
+def _report(work, runs: list[str]):
+    """The Report of a work directory holding the runs (LINK/METHOD) of the row cifar10-vgg."""
+    from results_report import Report
+
     manifest = {"scale": "quick", "seed": 2020, "rows": {"cifar10-vgg": {"dataset": "cifar10", "model": "vgg",
                                                                          "scale": {"train": 4000, "test": 1000,
                                                                                    "epochs": 1, "rounds": 3}}},
-                "runs": {f"cifar10-vgg/realistic/{m}": {"row": "cifar10-vgg", "link": "realistic", "method": m,
-                                                        "command": "python x.py", "elapsed_s": 1.0}
-                         for m in ("fedavg", "overlap", "overlap-topk", "fedavg-topk")},
+                "runs": {f"cifar10-vgg/{run}": {"row": "cifar10-vgg", "link": run.split("/")[0],
+                                                "method": run.split("/")[1], "command": "python x.py",
+                                                "elapsed_s": 1.0} for run in runs},
                 "hardware": {"cpu": "x", "cores": 2, "gpu": None, "torch": "t", "python": "p"}}
-    (tmp_path / "work" / "manifest.json").write_text(json.dumps(manifest))
-    report = Report(tmp_path / "work", tmp_path / "RESULTS.md")
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    return Report(work, work.parent / "RESULTS.md")
+
+
+def test_the_compression_section_judges_each_compressed_run(tmp_path):
+    """Synthetic run directories: the section compares each compressed run with the same method uncompressed."""
+    work = tmp_path / "work"
+    _write_run(work, "realistic", "fedavg", [0.3, 0.5, 0.6], [10.0] * 3)
+    _write_run(work, "realistic", "overlap", [0.3, 0.5, 0.6], [8.0] * 3)
+    # 1 point below the uncompressed in round 2
+    _write_run(work, "realistic", "overlap-topk", [0.3, 0.49, 0.6], [2.2] * 3, comm_s=1.0, message_bytes=1_250_000)
+    _write_run(work, "realistic", "fedavg-topk", [0.3, 0.5, 0.6], [3.5] * 3, comm_s=1.0, message_bytes=1_250_000)
+    report = _report(work, [f"realistic/{m}" for m in ("fedavg", "overlap", "overlap-topk", "fedavg-topk")])
     report.compression_section()
     line = next(line for line in report.lines if "Overlap-FedAvg, top-k" in line)
     # round 2.2 s against max(train 2.0, comm 1.0); the link: 1.25 MB each way at 20 Mbit/s + 30 ms, 1.06 s up
@@ -97,3 +105,22 @@ def test_the_compression_section_judges_each_compressed_run(tmp_path):
     # 3, after start-up: 6.6 s against FedAvg's 30 s; modelled (3 + 1) x 2.44 / (3 x 10) = 0.33x
     assert "| 2.20 s | 2.00 s | 1.10x | 1.06 s | 2.44 s | 0.90x | 6.6 s (0.22x) | 0.33x | +1.00 points |" in line, line
     assert line.endswith("| round met, time met, per round met |"), line
+
+
+def test_the_pipeline_section_sets_the_time_to_98_against_the_floor(tmp_path):
+    """Both reach 98 % of FedAvg's 0.6 in round 3: FedAvg after 30 s, Overlap after 11 + 5 + 5 = 21 s (0.700x,
+    missed), where the pipeline allows (3 + 1) / (2 x 3) = 0.67x; its first round is 1.10x FedAvg's, its later
+    ones 0.50x. A round late, Overlap's floor is (4 + 1) / (2 x 3) = 0.83x."""
+    work = tmp_path / "work"
+    _write_run(work, "calibrated", "fedavg", [0.3, 0.5, 0.6, 0.6], [10.0] * 4)
+    _write_run(work, "calibrated", "overlap", [0.3, 0.5, 0.6, 0.6], [11.0, 5.0, 5.0, 5.0])
+    report = _report(work, ["calibrated/fedavg", "calibrated/overlap"])
+    report.pipeline_section()
+    assert "| cifar10-vgg | 3 / 3 | 30.0 s | 21.0 s | 0.700x | 0.67x | 1.10x | 0.50x | missed |" in report.lines
+
+    late = tmp_path / "late"
+    _write_run(late, "calibrated", "fedavg", [0.3, 0.5, 0.6, 0.6], [10.0] * 4)
+    _write_run(late, "calibrated", "overlap", [0.3, 0.5, 0.55, 0.6], [11.0, 5.0, 5.0, 5.0])
+    report = _report(late, ["calibrated/fedavg", "calibrated/overlap"])
+    report.pipeline_section()
+    assert "| cifar10-vgg | 3 / 4 | 30.0 s | 26.0 s | 0.867x | 0.83x | 1.10x | 0.50x | missed |" in report.lines
