@@ -1,6 +1,6 @@
 """The paper's workloads end to end: FedAvg and Overlap-FedAvg on every model, on two emulated links.
 
-    python benchmarks/reproduce.py --scale quick --data_dir ./data     # about 4 hours on 2 CPU cores
+    python benchmarks/reproduce.py --scale quick --data_dir ./data     # about 1.5 hours on 2 CPU cores
     python benchmarks/reproduce.py --scale paper --data_dir ./data     # full data, 10 rounds x 5 epochs: GPUs
     python benchmarks/reproduce.py --scale quick --data_dir ./data --rows cifar10-resnet   # one row
 
@@ -27,8 +27,8 @@ under --work_dir/ROW/LINK/METHOD; a run whose summary.json exists is complete an
 interrupted matrix resumes where it stopped; an incomplete one is run again from scratch. At the end,
 benchmarks/results_report.py writes the report (--report) and its plots from the run directories.
 
-Time: --scale quick on 2 cores: the 60 runs of both links, the compressed ones included, took 220 minutes,
-pilots aside (docs/RESULTS.md; the calibrated link alone about 80). --scale paper: GPUs (docs/gpu.md).
+Time: --scale quick on 2 cores: the 60 runs of both links, the compressed ones included, took 91 minutes,
+pilots aside (docs/RESULTS.md; the calibrated link alone about 30). --scale paper: GPUs (docs/gpu.md).
 Figures: docs/RESULTS.md (through benchmarks/results_report.py).
 """
 from __future__ import annotations
