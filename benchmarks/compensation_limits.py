@@ -1,4 +1,4 @@
-"""How much can a compensation recover? Why Overlap-FedAvg misses 0.7x FedAvg's time to target on MNIST.
+"""How much can a server-side compensation recover? Why it leaves Overlap-FedAvg above 0.7x FedAvg's time on MNIST.
 
 Two measurements, written to docs/compensation-limits.md:
 
@@ -13,7 +13,7 @@ Two measurements, written to docs/compensation-limits.md:
    they started from w, obtained by training the clients from w a second time. A server cannot do that (it
    holds no data); these rows bound what any estimate of C from the server's information can reach:
    the best scalar C in hindsight, the best C per tensor, the best C per coordinate (each least squares,
-   clipped to [0, 1]), next to FedAvg, the default `secant` and a per-coordinate secant the server could run.
+   clipped to [0, 1]), next to FedAvg, `secant` (the previous default) and a per-coordinate secant the server could run.
 
 Time to a target is modelled by ablation.modelled_time (bench_time_to_accuracy.py's regime 1): G_n of
 Overlap-FedAvg arrives after (n + 1) T, FedAvg's after 2n T.
@@ -150,7 +150,8 @@ def replay_rows(setting_name: str, args) -> tuple[dict[str, list[float]], str]:
                             epochs=setting.epochs, max_train_samples=subset, seed=args.seed)
     steps = {
         "FedAvg": (False, server_update_step(replay.initial, overlap=False)),
-        "secant (the default)": (True, server_update_step(replay.initial, overlap=True, compensation="secant")),
+        "secant (the previous default)": (True, server_update_step(replay.initial, overlap=True,
+                                                                   compensation="secant")),
         "per-coordinate secant": (True, coordinate_secant_step()),
         "best scalar C in hindsight": (True, hindsight_step(replay, None)),
         "best C per tensor in hindsight": (True, hindsight_step(replay, parameter_slices(replay))),

@@ -80,7 +80,8 @@ def test_the_script_replays_every_row_and_writes_its_report(mnist_root, tmp_path
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     text = out.read_text()
-    for row in ("| FedAvg |", "| secant (the default) |", "| best C per coordinate in hindsight |", "| `full` |"):
+    for row in ("| FedAvg |", "| secant (the previous default) |", "| best C per coordinate in hindsight |",
+                "| `full` |"):
         assert row in text
     fedavg = next(line for line in text.splitlines() if line.startswith("| FedAvg |"))
     assert len(fedavg.split("|")[-2].split()) == 2   # an accuracy for each of the 2 rounds
