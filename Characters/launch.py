@@ -287,6 +287,9 @@ def _check_out_dir(cfg: RunConfig) -> None:
             state = read_checkpoint(out_dir, asdict(cfg))
         except CheckpointError as error:
             raise LaunchError(f"--resume {out_dir}: {error}") from error
+        if state.get("stopped_early"):   # the uninterrupted run trains no further
+            raise LaunchError(f"--resume {out_dir}: the run was stopped early by --optuna_early_stop after round "
+                              f"{state['round']}; it is finished, and further rounds would not be that run's")
         if state["round"] >= cfg.max_epoch:
             raise LaunchError(f"--resume {out_dir}: the run has completed {state['round']} rounds; give --max_epoch "
                               f"above {state['round']} to extend it")

@@ -133,8 +133,9 @@ class DelayedRows:
         return True
 
     def saved(self) -> list[dict]:
-        """For the checkpoint: each row with the model it waits to evaluate."""
-        return [{"row": entry.row, "model": entry.snapshot} for entry in self.pending]
+        """For the checkpoint: each row (a copy: the checkpoint thread pickles it while this one adds the row's
+        metrics) with the model it waits to evaluate."""
+        return [{"row": dict(entry.row), "model": entry.snapshot} for entry in self.pending]
 
     def restore(self, saved: list[dict]) -> None:
         """A resumed run's rows that were not written: their evaluations start again from the saved models; their
@@ -244,7 +245,7 @@ class _Server:
             row = self.round_row(round_number, reports, bytes_down, round_s=self.tick())
             self.rows.add(row, self.update.current if self.evaluation_due(round_number, stopping) else None)
             self.rows.flush()
-            self.checkpoint(round_number)
+            self.checkpoint(round_number, stopped_early=stopping)
             progress.update(1)
             if stopping:
                 break
@@ -399,15 +400,17 @@ class _Server:
             return False
         return value < limit if higher_is_better(self.metric) else value > limit
 
-    def checkpoint(self, round_number: int) -> None:
+    def checkpoint(self, round_number: int, stopped_early: bool = False) -> None:
         """checkpoint.pt after this round: the server update, the rows, and the rows still waiting with the
-        models they wait to evaluate (Utils/checkpoint.py)."""
+        models they wait to evaluate (Utils/checkpoint.py); stopped_early marks a run that --optuna_early_stop
+        ended, which --resume must not continue."""
         merge = {"merge_base": self.merge_base, "last_uploads": self.last_uploads} if self.keeps_uploads else {}
         if self.replica is not None:   # the clients' merge state is in their own files then (client_state)
             merge = {"replica": self.replica, "previous_replica": self.previous_replica}
         self.checkpoints.submit({"round": round_number, "sampled": self.clients, "update": self.update.state_dict(),
                                  "rows": list(self.writer.rows), "pending": self.rows.saved(),
-                                 "startup_s": self.startup_s, "options": self.checkpoint_options, **merge})
+                                 "startup_s": self.startup_s, "options": self.checkpoint_options,
+                                 "stopped_early": stopped_early, **merge})
 
     def receive_final_reports(self) -> list[RoundReport]:
         """After the final download each client rank reports its last communication job and its peak memory."""
@@ -424,7 +427,7 @@ class _Server:
         """After the last round: every row written, the final checkpoint, the models and summary.json."""
         rounds_done = time.time()
         self.rows.flush(wait=True)
-        self.checkpoint(round_number)   # every row written: nothing pending
+        self.checkpoint(round_number, stopped_early=stopped)   # every row written: nothing pending
         self.checkpoints.wait()
         if self.evaluator is not None:
             self.evaluator.close()

@@ -140,7 +140,8 @@ def _resumed_config(parser: argparse.ArgumentParser, args: argparse.Namespace, a
         if changed:
             shown = ", ".join(f"--{name} {_shown(given[name])} (the run has {_shown(saved[name])})" for name in changed)
             parser.error(f"--resume {run_dir}: {shown} would change the result; a resumed run keeps its options "
-                         f"(only --max_epoch and where or how the processes run may change)")
+                         f"(only --max_epoch, the link, the clients' speeds, where the data is and where or how the "
+                         f"processes run may change)")
         if "out_dir" in given and Path(given["out_dir"]).resolve() != run_dir.resolve():
             parser.error(f"--resume {run_dir} continues the run in that directory; drop --out_dir")
         values = {f.name: saved[f.name] for f in fields(RunConfig) if f.name in saved}

@@ -131,6 +131,12 @@ def test_early_stop_ends_a_poor_run_and_every_process(mnist_root, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(read_metrics(tmp_path / "stop")) == 2   # decided on G_1, announced with G_2
     assert "stopped early" in done.stderr
+    # the uninterrupted run ends there, so a resumed one must too: refused, with nothing written
+    resumed = run_job("AsyncFedAvg.py", "--resume", str(tmp_path / "stop"), out_dir=tmp_path / "stop",
+                      data_dir=mnist_root, env=env)
+    assert resumed.returncode == 2
+    assert "stopped early by --optuna_early_stop after round 2" in resumed.stderr.strip().splitlines()[-1]
+    assert len(read_metrics(tmp_path / "stop")) == 2
 
 
 def test_optuna_missing_is_a_clear_error(mnist_root, tmp_path):

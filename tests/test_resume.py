@@ -155,6 +155,22 @@ def test_the_checkpoint_thread_writes_the_latest_state_and_reports_a_failure(tmp
         gone.wait()
 
 
+def test_the_rows_a_checkpoint_saves_are_not_changed_by_the_rounds_after():
+    """The checkpoint thread pickles the waiting rows while the server goes on to complete them (their
+    evaluation, their communication figures): it must get copies, or a write fails or saves half a row."""
+    from Characters.server import DelayedRows
+
+    def write_row(row: dict, reports) -> None:
+        row["comm_s"] = 1.0   # as the server's write_row adds the round's communication figures
+
+    rows = DelayedRows(None, write_row)
+    rows.add({"round": 1, "train_loss": 0.5})
+    saved = rows.saved()
+    rows.attach_reports([])
+    rows.flush()
+    assert saved == [{"row": {"round": 1, "train_loss": 0.5}, "model": None}]
+
+
 def test_a_checkpoint_older_than_an_option_resumes_with_its_default(tmp_path):
     """A run checkpointed before --merge_weight existed ran with its default, so it still resumes; another
     value is refused."""
