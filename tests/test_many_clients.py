@@ -100,6 +100,20 @@ class _RecordingTrainer:
         return start + self.step, 0.0
 
 
+def test_the_replay_takes_the_jobs_sampling_fraction_and_dirichlet_alpha(mnist_root):
+    """--clients_per_round as a fraction and --partition dirichlet --alpha mean in the replay what they mean in a
+    job (RunConfig.sampled_per_round, client_shards), so such a job can be replayed too."""
+    from Utils.data.datasets import load_dataset
+    from Utils.data.partition import client_shards, limit_training_set, shard_size
+    replay = ScheduleReplay(mnist_root, num_clients=6, max_train_samples=600, clients_per_round=0.5,
+                            partition="dirichlet", alpha=0.3)
+    assert replay.per_round == 3 and len(replay.sampled(1)[0]) == 3
+    data = limit_training_set(load_dataset("mnist", mnist_root), 600, 2020)
+    expected = [shard_size(s) for s in client_shards(data, 6, "dirichlet", 2020, alpha=0.3)]
+    assert replay.num_samples == expected
+    assert expected != [shard_size(s) for s in client_shards(data, 6, "dirichlet", 2020, alpha=0.5)]
+
+
 def test_a_client_that_sat_out_a_round_starts_from_the_global_model_that_holds_its_progress(mnist_root):
     """The client merge with sampling (docs/many-clients.md): a client sampled in rounds r - 1 and r trains round
     r from G_{r-2} + b * its round r - 1 progress; any other sampled client from G_{r-2} itself, which already

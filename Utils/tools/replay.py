@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from Networks import build_model
+from Utils import federation
 from Utils.aggregation import (
     ServerUpdate,
     StreamingMoments,
@@ -24,7 +25,6 @@ from Utils.aggregation import (
 from Utils.compression import ErrorFeedback, decode, encode
 from Utils.data.datasets import load_dataset
 from Utils.data.partition import client_shards, limit_test_set, limit_training_set, shard_size
-from Utils.federation import round_sample
 from Utils.flat import flatten_model, load_flat_into_model
 from Utils.training import LocalTrainer
 
@@ -70,29 +70,31 @@ class ScheduleReplay:
     def __init__(self, data_root: str | Path, *, dataset: str = "mnist", model: str = "mlp", num_clients: int = 2,
                  epochs: int = 1, max_train_samples: int | None = None, seed: int = 2020, lr: float = 0.01,
                  batch_size: int = 32, compression: str = "none", topk_ratio: float = 0.05,
-                 clients_per_round: int | None = None, sampling: str = "uniform", client_ranks: int = 1,
-                 partition: str = "noniid", shards_per_client: int = 2, test_samples: int | None = None):
+                 clients_per_round: float | None = None, sampling: str = "uniform", client_ranks: int = 1,
+                 partition: str = "noniid", alpha: float = 0.5, shards_per_client: int = 2,
+                 test_samples: int | None = None):
         torch.set_num_threads(1)   # as every rank does: the figures must not depend on the core count
         self.data = limit_training_set(load_dataset(dataset, data_root), max_train_samples, seed)
         torch.manual_seed(seed)
         self.model = build_model(model, self.data.output_size, **self.data.model_shape)
         self.initial = flatten_model(self.model).clone()
-        shards = client_shards(self.data, num_clients, partition, seed, shards_per_client=shards_per_client)
+        shards = client_shards(self.data, num_clients, partition, seed, alpha=alpha,
+                               shards_per_client=shards_per_client)
         # How many clients train does not depend on which rank hosts them: one model serves them all
         trainer_model = build_model(model, self.data.output_size, **self.data.model_shape)
         self.trainers = [LocalTrainer(trainer_model, self.data, shard, batch_size=batch_size, lr=lr, epochs=epochs,
                                       seed=seed, client=k + 1)
                          for k, shard in enumerate(shards)]
         self.num_samples = [shard_size(shard) for shard in shards]   # tokens for text, as the server weighs them
-        self.per_round, self.seed = clients_per_round or num_clients, seed
+        self.per_round, self.seed = federation.clients_per_round(clients_per_round, num_clients), seed
         self.sampling, self.client_ranks = sampling, client_ranks   # the job's --sampling and world_size - 1
         self.compression, self.topk_ratio = compression, topk_ratio
         self.test = limit_test_set(self.data, test_samples, seed)
 
     def sampled(self, round_number: int) -> tuple[list[int], list[float]]:
         """The 0-based indices of the clients round `round_number` (1..R) samples, and their weights p_k."""
-        clients = round_sample(len(self.trainers), self.per_round, self.seed, round_number, sampling=self.sampling,
-                               client_ranks=self.client_ranks)
+        clients = federation.round_sample(len(self.trainers), self.per_round, self.seed, round_number,
+                                          sampling=self.sampling, client_ranks=self.client_ranks)
         return [c - 1 for c in clients], client_weights([self.num_samples[c - 1] for c in clients])
 
     def trained(self, start: Tensor, round_number: int) -> list[tuple[int, Tensor, float]]:
