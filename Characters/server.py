@@ -191,7 +191,8 @@ class _Server:
         self.evaluator = BackgroundEvaluator(model, data, self.metric, self.out_dir / "best_model.pt",
                                              cfg.timeout) if evaluates else None
         self.rows = DelayedRows(self.evaluator, self.write_row)
-        self.checkpoints = CheckpointWriter(self.out_dir)
+        self.checkpoints = CheckpointWriter(self.out_dir, written_round=saved["round"] if saved else 0,
+                                            bounded=cfg.compress != "none")
         self.checkpoint_options = checkpoint_options(asdict(cfg))   # the same every round
         self.rounds_done = 0
         self.startup_s: float | None = None   # launch to G_0 sent (a resumed run keeps its first one)

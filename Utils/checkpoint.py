@@ -60,10 +60,17 @@ def write_checkpoint(run_dir: Path, state: dict) -> None:
 class CheckpointWriter:
     """Writes checkpoints on a thread of its own, so that the disk stays off the server's critical path.
     The latest state wins: when a write is still running, a newer state replaces the one waiting, so the
-    server never waits for the disk and the file is at most one write behind."""
+    server does not wait for the disk and the file is at most one write behind.
 
-    def __init__(self, run_dir: Path):
+    Except where clients keep state files (--compress): each keeps only its last CLIENT_STATES_KEPT, and the
+    clients run ahead of the server, so the checkpoint on disk must stay within CHECKPOINT_LAG_BOUND rounds
+    of the newest, or a resume would find its clients' states deleted. Given bounded=True, submit() waits
+    for the disk when the writes have fallen that far behind."""
+
+    def __init__(self, run_dir: Path, *, written_round: int = 0, bounded: bool = False):
         self.run_dir = run_dir
+        self.written_round = written_round   # the round of the checkpoint on disk (0: none)
+        self._bounded = bounded
         self._changed = threading.Condition()
         self._waiting: dict | None = None
         self._writing = False
@@ -71,11 +78,16 @@ class CheckpointWriter:
         threading.Thread(target=self._run, name="checkpoint", daemon=True).start()
 
     def submit(self, state: dict) -> None:
-        """Write `state` (not to be modified afterwards) as soon as the thread is free."""
+        """Write `state` (not to be modified afterwards) as soon as the thread is free; bounded, first wait
+        until the checkpoint on disk is within CHECKPOINT_LAG_BOUND rounds of this one."""
         self._raise_if_failed()
         with self._changed:
             self._waiting = state
             self._changed.notify_all()
+            if self._bounded:
+                self._changed.wait_for(lambda: state["round"] - self.written_round <= CHECKPOINT_LAG_BOUND
+                                       or self._error is not None)
+        self._raise_if_failed()
 
     def wait(self) -> None:
         """Wait until the last submitted state is on disk; raise what a write raised (a full disk, say)."""
@@ -98,6 +110,8 @@ class CheckpointWriter:
                 self._error = error
             with self._changed:
                 self._writing = False
+                if self._error is None:
+                    self.written_round = state.get("round", self.written_round)
                 self._changed.notify_all()
 
 
@@ -126,6 +140,10 @@ def read_checkpoint(run_dir: Path, config: dict) -> dict:
 
 CLIENT_STATE_DIR = "client-state"
 CLIENT_STATES_KEPT = 5   # a client may be a few rounds ahead of the server's last checkpoint on disk
+# A client writes its state of round k once it holds G_{k-1}. The server submits round r's checkpoint after
+# sending G_r and sends G_{r+1} before the next, so meanwhile a client may write round r + 2's state, and its
+# kept states then reach back to r + 3 - CLIENT_STATES_KEPT: the checkpoint on disk must not be older.
+CHECKPOINT_LAG_BOUND = CLIENT_STATES_KEPT - 3
 
 
 def _client_state_path(run_dir: Path, client: int, round_number: int) -> Path:

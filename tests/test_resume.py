@@ -155,6 +155,31 @@ def test_the_checkpoint_thread_writes_the_latest_state_and_reports_a_failure(tmp
         gone.wait()
 
 
+def test_a_bounded_checkpoint_writer_keeps_the_disk_within_the_clients_kept_states(tmp_path, monkeypatch):
+    """With --compress a resume needs each client's state of the checkpoint's round, and a client keeps only its
+    last few: when the disk is slower than the rounds, the server waits rather than let the checkpoint fall
+    further behind than those states reach."""
+    import Utils.checkpoint as checkpoint
+    real_write = checkpoint.write_checkpoint
+
+    def slow_write(run_dir, state):
+        time.sleep(0.05)
+        real_write(run_dir, state)
+
+    monkeypatch.setattr(checkpoint, "write_checkpoint", slow_write)
+    worst_lag = {}
+    for bounded in (False, True):
+        (tmp_path / str(bounded)).mkdir()
+        writer = CheckpointWriter(tmp_path / str(bounded), bounded=bounded)
+        worst_lag[bounded] = 0
+        for round_number in range(1, 21):
+            writer.submit({"round": round_number, "options": {}})
+            worst_lag[bounded] = max(worst_lag[bounded], round_number - writer.written_round)
+        writer.wait()
+        assert writer.written_round == 20
+    assert worst_lag[True] <= checkpoint.CHECKPOINT_LAG_BOUND < worst_lag[False]
+
+
 def test_the_rows_a_checkpoint_saves_are_not_changed_by_the_rounds_after():
     """The checkpoint thread pickles the waiting rows while the server goes on to complete them (their
     evaluation, their communication figures): it must get copies, or a write fails or saves half a row."""
