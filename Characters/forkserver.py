@@ -22,6 +22,10 @@ import signal
 import threading
 import time
 
+# When the job's process began, as near as Python code can tell: the entry scripts import this module first.
+# Start-up counts from here (the interpreter's own start, tens of ms, aside), not from the process's kernel start
+# time, which under `bash -c '... && python ...'` (a Dockerfile RUN, a CI step) is the shell's, commands before.
+ENTERED = time.time()
 RANK_MODULES = ["Characters.launch", "torch._dynamo"]   # Characters.launch imports the ranks' whole code
 STOP_WAIT_S = 2.0   # each helper process gets this long to end before SIGKILL
 

@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 from Characters.evaluation import max_pending_snapshots
-from Characters.forkserver import start_forkserver, stop_forkserver
+from Characters.forkserver import ENTERED, start_forkserver, stop_forkserver
 from Characters.rank import run_rank
 from Networks import build_model
 from Utils import transport
@@ -160,21 +160,12 @@ _launched_before = False   # a grid or search launches several jobs from one pro
 
 
 def _launch_time() -> float:
-    """When this job started: the first job of a process counts from the process's start, so start-up
-    includes the interpreter and the torch import; a later job of a grid or search from its own launch."""
+    """When this job started: the first job of a process counts from the entry script's start
+    (forkserver.ENTERED), so start-up includes the torch import; a later job of a grid or search from its own
+    launch."""
     global _launched_before
     first, _launched_before = not _launched_before, True
-    return process_start_time() if first else time.time()
-
-
-def process_start_time() -> float:
-    """When this process started (Linux /proc), so start-up includes the interpreter and torch import."""
-    try:
-        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        uptime = float(open("/proc/uptime").read().split()[0])
-        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.time()
+    return ENTERED if first else time.time()
 
 
 def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:

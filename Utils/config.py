@@ -291,8 +291,8 @@ class RunConfig:
     early_stop: tuple[int, float] | None = option(None,
         "stop a run whose accuracy at ROUND is below METRIC (perplexity: above); a search counts it as pruned "
         "(default: never)", flag="--optuna_early_stop", nargs=2, metavar=("ROUND", "METRIC"), scripts=(ASYNC,))
-    # Not an option: the launcher sets it to when its process started (time.time() clock), so start-up and
-    # wall_s include the interpreter and the torch import; None: when the server's run started.
+    # Not an option: the launcher sets it to when its entry script started (time.time() clock), so start-up
+    # and wall_s include the torch import; None: when the server's run started.
     launch_time: float | None = None
 
     @property

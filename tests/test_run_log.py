@@ -32,3 +32,20 @@ def test_a_run_without_evaluation_or_communication_figures():
     summary = summarise_rows(bare, "accuracy", (0.9,), startup_s=2.0)
     assert summary["final"] is None and summary["best"] is None and summary["hidden_comm_share"] is None
     assert summary["mean_round_s"] == 1.0 and summary["time_to_target_s"] == {"0.9": None}
+
+
+def test_start_up_counts_from_the_entry_script_not_from_a_shell_that_exec_ed_it():
+    """Under `bash -c '... && python FedAvg.py'` (a Dockerfile RUN, a CI step) the shell execs python, and the
+    process's kernel start time is the shell's: start-up would count the commands before. It counts from the
+    entry script's first import instead."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    before = time.time()
+    script = "from Characters.forkserver import ENTERED; print(repr(ENTERED))"
+    done = subprocess.run(["bash", "-c", f"sleep 2 && exec {sys.executable} -c '{script}'"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) >= before + 2
