@@ -79,13 +79,15 @@ CASES = [
      None, True),
     # Data: status 1.
     ("dataset missing offline", ["FedAvg.py", *TINY, "--data_dir", "{tmp}/data", "--out_dir", "{tmp}/run"], 1,
-     "stderr", "it could not be downloaded (no network); run `python prepare_data.py --dataset mnist`",
+     "stderr", "it could not be downloaded (no network); run `python prepare_data.py --dataset mnist --data_dir ",
      _offline, False),
     ("text file not UTF-8", ["FedAvg.py", *TINY, "--dataset", "ptb", "--model", "transformer", "--data_dir",
                              "{tmp}/data", "--out_dir", "{tmp}/run"], 1, "stderr", "not UTF-8 text", _latin1_ptb,
      False),
     ("corrupt cache", ["FedAvg.py", *TINY, "--data_dir", "{tmp}/data", "--out_dir", "{tmp}/run"], 1, "stderr",
      "cache-train.pt: unreadable cache file", _garbage_caches, False),
+    ("data root below a file", ["FedAvg.py", *TINY, "--data_dir", "{tmp}/a-file/data", "--out_dir", "{tmp}/run"], 1,
+     "stderr", "cannot write to the data directory", _file, False),
     # Inside a rank: status 1, the launcher's line names the rank and its error.
     ("run directory below a file", ["FedAvg.py", *TINY, "--data_dir", "{mnist}", "--out_dir", "{tmp}/a-file/run"],
      1, "stderr", ("[launcher] ERROR rank 0 failed", "NotADirectoryError", "the job was stopped"), _file, True),
@@ -97,6 +99,8 @@ CASES = [
     ("prepare from a folder without it", ["prepare_data.py", "--dataset", "mnist", "--source", "{tmp}",
                                           "--data_dir", "{tmp}/data"], 1, "stdout",
      "mnist: unavailable: not found in", None, False),
+    ("prepare into a file", ["prepare_data.py", "--dataset", "mnist", "--data_dir", "{tmp}/a-file"], 1, "stdout",
+     "mnist: unavailable: cannot write to the data directory", _file, False),
 ]
 
 

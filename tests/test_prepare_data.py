@@ -91,7 +91,7 @@ def test_offline_without_source_one_line_per_dataset_and_nothing_written(tmp_pat
     assert code == 1 and len(lines) == len(DATASET_NAMES)
     for name, line in zip(DATASET_NAMES, lines, strict=True):
         assert line.startswith(f"{name}: unavailable: not in ") and "(no network)" in line
-        assert f"python prepare_data.py --dataset {name} --source DIR" in line
+        assert f"python prepare_data.py --dataset {name} --data_dir {tmp_path} --source DIR" in line
     assert all(path.endswith(".lock") for path in files_under(tmp_path))
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []   # no staging or half-made folders
 

@@ -442,9 +442,9 @@ def _files_wanted(name: str) -> str:
 
 def _unavailable_message(name: str, root: Path, reason: str) -> str:
     folder = root / (IMAGE_SPECS.get(name) or TEXT_SPECS[name]).folder
-    return (f"{name}: not in {folder} and {reason}; run `python prepare_data.py --dataset {name}` on a "
-            f"machine with network, or `python prepare_data.py --dataset {name} --source DIR` with DIR "
-            f"holding {_files_wanted(name)}")
+    command = f"python prepare_data.py --dataset {name}" + ("" if root == Path("data") else f" --data_dir {root}")
+    return (f"{name}: not in {folder} and {reason}; run `{command}` on a machine with network, or `{command} "
+            f"--source DIR` with DIR holding {_files_wanted(name)}")
 
 
 def _count_tokens(path: Path) -> int:
@@ -458,8 +458,14 @@ def _dataset_lock(root: Path, name: str) -> Iterator[None]:
 
     flock is released by the kernel when its holder dies, so a crashed rank never leaves a stale lock.
     """
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "a") as lock_file:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock_file = open(root / f".{name}.lock", "a")   # closed by the with-block below
+    except OSError as error:   # the first write under the data root: say so in one line
+        reason = "it is a file" if root.is_file() else error.strerror or error
+        raise DatasetUnavailableError(f"{name}: cannot write to the data directory {root} ({reason}); give a "
+                                      f"--data_dir this user can write to") from error
+    with lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
