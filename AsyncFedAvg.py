@@ -9,11 +9,10 @@ Options, defaults and help: Utils/config.py (python AsyncFedAvg.py --help).
 """
 import sys
 
-from Characters.forkserver import start_forkserver
-
 if __name__ == "__main__":
-    start_forkserver()   # first: the ranks' torch import runs beside this process's own
     try:
+        from Characters.forkserver import start_forkserver
+        start_forkserver()   # first: the ranks' torch import runs beside this process's own
         from Characters.sweep import run_grid, run_optuna
         from Utils.cli import build_parser, run_config, search_config
 

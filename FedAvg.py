@@ -6,11 +6,10 @@ Options, defaults and help: Utils/config.py (python FedAvg.py --help).
 """
 import sys
 
-from Characters.forkserver import start_forkserver
-
 if __name__ == "__main__":
-    start_forkserver()   # first: the ranks' torch import runs beside this process's own
     try:
+        from Characters.forkserver import start_forkserver
+        start_forkserver()   # first: the ranks' torch import runs beside this process's own
         from Characters.launch import main
         from Utils.cli import build_parser, run_config
 

@@ -46,7 +46,15 @@ def start_forkserver() -> None:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return
     multiprocessing.set_forkserver_preload(RANK_MODULES)
-    multiprocessing.forkserver.ensure_running()
+    # Ctrl-C reaches the whole process group, and the launcher alone acts on it: it stops the forkserver, whose
+    # ranks ignore it too (launch._spawned_rank). Started while SIGINT is ignored (which survives exec), the
+    # forkserver never takes it, so a Ctrl-C while it imports torch prints no traceback. The launcher ignores
+    # Ctrl-C for those few milliseconds.
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
     if not _stop_registered:
         atexit.register(stop_forkserver)
         _stop_registered = True

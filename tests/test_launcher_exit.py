@@ -99,3 +99,17 @@ def test_nothing_outlives_a_launcher_stopped_by_ctrl_c(mnist_root, tmp_path):
     assert returncode == 130 and "interrupted: stopping every rank" in stderr, stderr[-2000:]
     assert left == [], f"still running when the exit status was in: {left}"
     assert "leaked" not in stderr and "Traceback" not in stderr, stderr[-2000:]
+
+
+@pytest.mark.parametrize("after_s", [0.05, 0.5])
+def test_ctrl_c_while_the_job_starts_is_one_line(after_s, mnist_root, tmp_path):
+    """Ctrl-C before any rank runs: while the entry script imports, and while the forkserver imports torch
+    (which ignores it: the launcher stops it). One line, status 130, nothing left behind."""
+    env = job_env()
+    job, log = _start("AsyncFedAvg.py", *TINY, out_dir=tmp_path / "run", data_dir=mnist_root, env=env)
+    time.sleep(after_s)
+    os.killpg(job.pid, signal.SIGINT)
+    returncode, left = _finish(job, env["OVERLAP_FEDAVG_TEST_TAG"])
+    stderr = log.read_text()
+    assert returncode == 130 and "interrupted" in stderr.strip().splitlines()[-1], stderr[-2000:]
+    assert left == [] and "Traceback" not in stderr, stderr[-2000:]
