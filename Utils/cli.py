@@ -38,10 +38,34 @@ several machines: start one process per rank; rank 0 is the server, on the machi
 """
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse, but an error is one line, without the usage text (30 lines for AsyncFedAvg.py) above it; an
+    unknown option gets where the options are listed, and one that only the other entry script takes whose it
+    is."""
+
+    def __init__(self, *args, other_script: str, options_elsewhere: set[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.other_script, self.options_elsewhere = other_script, options_elsewhere
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            given = {word.split("=", 1)[0] for word in message.split()}
+            theirs = sorted(self.options_elsewhere & given)
+            if theirs:
+                message += f" ({' and '.join(theirs)} {'is' if len(theirs) == 1 else 'are'} {self.other_script}'s)"
+            message += f" ({self.prog} --help lists the options)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(script: str, description: str) -> argparse.ArgumentParser:
     """The parser of one entry script: the RunConfig options it takes, then its SearchConfig options."""
-    parser = argparse.ArgumentParser(description=description, epilog=EPILOG.format(script=script),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    other = ASYNC if script == FEDAVG else FEDAVG
+    own = {f.name for config in (RunConfig, SearchConfig) for f in _options(config, script)}
+    elsewhere = {_argument(f, other)[0] for config in (RunConfig, SearchConfig) for f in _options(config, other)
+                 if f.name not in own}
+    parser = _OneLineErrors(description=description, epilog=EPILOG.format(script=script),
+                            formatter_class=argparse.RawDescriptionHelpFormatter, other_script=f"{other}.py",
+                            options_elsewhere=elsewhere)
     parser.set_defaults(script=script)
     for option in _options(RunConfig, script):
         flag, settings = _argument(option, script)

@@ -70,8 +70,16 @@ CASES = [
 def test_bad_input_is_a_one_line_usage_error(argv, message, capsys):
     status, _, err = run_entry(argv, capsys)
     assert status == 2, err
-    last = err.strip().splitlines()[-1]
-    assert "error:" in last and message in last, last
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and message in lines[0], err   # no usage text above it
+
+
+def test_an_option_of_the_other_script_says_whose_it_is(capsys):
+    status, _, err = run_entry(["FedAvg.py", "--lambd", "0.1", "--compensation=local", "--optuna"], capsys)
+    assert status == 2
+    assert err.strip().splitlines() == ["FedAvg.py: error: unrecognized arguments: --lambd 0.1 --compensation=local "
+                                        "--optuna (--compensation and --lambd and --optuna are AsyncFedAvg.py's) "
+                                        "(FedAvg.py --help lists the options)"]
 
 
 def test_help_lists_the_official_flags(capsys):
