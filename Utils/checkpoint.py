@@ -18,6 +18,7 @@ only tensors, numbers and strings, nothing unpickled that could run code.
 from __future__ import annotations
 
 import os
+import textwrap
 import threading
 from dataclasses import fields
 from pathlib import Path
@@ -125,8 +126,9 @@ def read_checkpoint(run_dir: Path, config: dict) -> dict:
         # Memory-mapped: the launcher's check reads the header, not the tensors (hundreds of MB for a big model)
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise CheckpointError(f"{path} cannot be read ({str(error).strip().splitlines()[0][:120]}); it is "
-                              f"damaged or not a checkpoint of this project") from error
+        reason = textwrap.shorten(str(error).strip().splitlines()[0], width=120, placeholder=" ...")
+        raise CheckpointError(f"{path} cannot be read ({reason}); it is damaged or not a checkpoint of this "
+                              f"project") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project's format {FORMAT}")
     expected = checkpoint_options(config)

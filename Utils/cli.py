@@ -148,6 +148,8 @@ def _resumed_config(parser: argparse.ArgumentParser, args: argparse.Namespace, a
     any other option given with another value than the run's is refused, naming it."""
     run_dir = Path(args.resume)
     config_path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        parser.error(f"--resume {run_dir}: no such directory; give a run directory that {args.script}.py wrote")
     if not config_path.is_file():
         parser.error(f"--resume {run_dir}: there is no config.json; give a run directory that {args.script}.py wrote")
     try:

@@ -173,6 +173,12 @@ def test_the_world_size_override_is_said_by_rank_0_only(rank, said, monkeypatch,
     assert started[0].world_size == 3 and started[0].launch_time is not None   # the launch time travels in cfg
 
 
+def test_resuming_a_directory_that_does_not_exist_says_so(tmp_path, capsys):
+    status, _, err = run_entry(["FedAvg.py", "--resume", str(tmp_path / "nowhere")], capsys)
+    assert status == 2 and err.strip().endswith("nowhere: no such directory; give a run directory that FedAvg.py "
+                                                "wrote"), err
+
+
 @pytest.mark.parametrize("content", ['{"lr": 0.01}', '[1, 2]', '{"script": "train"}'])
 def test_resuming_a_directory_whose_config_is_not_a_runs_says_so(content, tmp_path, capsys):
     (tmp_path / "config.json").write_text(content)

@@ -36,6 +36,13 @@ def test_read_run_keeps_evaluated_rounds_in_percent(tmp_path):
     assert curve.values == pytest.approx([58.0, 74.0, 82.0, 90.0]) and curve.label == "Overlap-FedAvg (secant)"
 
 
+def test_runs_of_one_method_are_told_apart_by_their_directory(tmp_path):
+    dirs = [make_run(tmp_path / "seed2020", overlap=True), make_run(tmp_path / "seed2021", overlap=True),
+            make_run(tmp_path / "fedavg", overlap=False)]
+    labels = [curve.label for curve in plot.named_apart([plot.read_run(d) for d in dirs], dirs)]
+    assert labels == ["Overlap-FedAvg (secant): seed2020", "Overlap-FedAvg (secant): seed2021", "FedAvg"]
+
+
 def test_plot_writes_a_small_png(tmp_path, capsys):
     try:
         import matplotlib  # noqa: F401

@@ -14,7 +14,7 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 METRIC_LABELS = {"accuracy": "test accuracy (%)", "perplexity": "test perplexity"}
@@ -68,6 +68,13 @@ def method_label(config: dict) -> str:
     return f"Overlap-FedAvg ({compensation}{step})"
 
 
+def named_apart(curves: list[RunCurve], run_dirs: list[Path]) -> list[RunCurve]:
+    """The curves, those whose method label another shares labelled with their run directory's name too."""
+    labels = [curve.label for curve in curves]
+    return [curve if labels.count(curve.label) == 1 else replace(curve, label=f"{curve.label}: {run_dir.name}")
+            for curve, run_dir in zip(curves, run_dirs, strict=True)]
+
+
 def plot_runs(curves: list[RunCurve], out_file: Path, title: str | None = None) -> None:
     """Two panels (metric against round, against wall-clock), one line per run, saved as a PNG."""
     plot_panels(curves, curves, out_file, title)
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.suffix.lower() != ".png":
         parser.error(f"--out {args.out}: the plot is written as PNG; give a file name ending in .png")
     try:
-        curves = [read_run(run_dir) for run_dir in args.run_dirs]
+        curves = named_apart([read_run(run_dir) for run_dir in args.run_dirs], args.run_dirs)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
