@@ -192,7 +192,7 @@ class _Server:
                                              cfg.timeout) if evaluates else None
         self.rows = DelayedRows(self.evaluator, self.write_row)
         self.checkpoints = CheckpointWriter(self.out_dir, written_round=saved["round"] if saved else 0,
-                                            bounded=cfg.compress != "none")
+                                            bounded=cfg.compress != "none", timeout_s=cfg.timeout)
         self.checkpoint_options = checkpoint_options(asdict(cfg))   # the same every round
         self.rounds_done = 0
         self.startup_s: float | None = None   # launch to G_0 sent (a resumed run keeps its first one)

@@ -66,12 +66,12 @@ class CheckpointWriter:
     Except where clients keep state files (--compress): each keeps only its last CLIENT_STATES_KEPT, and the
     clients run ahead of the server, so the checkpoint on disk must stay within CHECKPOINT_LAG_BOUND rounds
     of the newest, or a resume would find its clients' states deleted. Given bounded=True, submit() waits
-    for the disk when the writes have fallen that far behind."""
+    for the disk when the writes have fallen that far behind. No wait outlasts timeout_s (a hung disk)."""
 
-    def __init__(self, run_dir: Path, *, written_round: int = 0, bounded: bool = False):
+    def __init__(self, run_dir: Path, *, written_round: int = 0, bounded: bool = False, timeout_s: float = 1800.0):
         self.run_dir = run_dir
         self.written_round = written_round   # the round of the checkpoint on disk (0: none)
-        self._bounded = bounded
+        self._bounded, self._timeout_s = bounded, timeout_s
         self._changed = threading.Condition()
         self._waiting: dict | None = None
         self._writing = False
@@ -85,16 +85,24 @@ class CheckpointWriter:
         with self._changed:
             self._waiting = state
             self._changed.notify_all()
-            if self._bounded:
-                self._changed.wait_for(lambda: state["round"] - self.written_round <= CHECKPOINT_LAG_BOUND
-                                       or self._error is not None)
+            if self._bounded and not self._changed.wait_for(
+                    lambda: state["round"] - self.written_round <= CHECKPOINT_LAG_BOUND or self._error is not None,
+                    timeout=self._timeout_s):
+                raise OSError(self._hung(f"the checkpoint of round {self.written_round} is on disk, round "
+                                         f"{state['round']} is done"))
         self._raise_if_failed()
 
     def wait(self) -> None:
         """Wait until the last submitted state is on disk; raise what a write raised (a full disk, say)."""
         with self._changed:
-            self._changed.wait_for(lambda: (self._waiting is None and not self._writing) or self._error is not None)
+            if not self._changed.wait_for(lambda: (self._waiting is None and not self._writing)
+                                          or self._error is not None, timeout=self._timeout_s):
+                raise OSError(self._hung("the last round's checkpoint is not written"))
         self._raise_if_failed()
+
+    def _hung(self, where: str) -> str:
+        return (f"writing {self.run_dir / CHECKPOINT_NAME}: {where}, and no write has ended in "
+                f"{self._timeout_s:.0f} s (--timeout): the disk is not keeping up or hangs")
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -178,6 +179,19 @@ def test_a_bounded_checkpoint_writer_keeps_the_disk_within_the_clients_kept_stat
         writer.wait()
         assert writer.written_round == 20
     assert worst_lag[True] <= checkpoint.CHECKPOINT_LAG_BOUND < worst_lag[False]
+
+
+def test_a_hung_disk_stops_the_checkpoint_writer_with_one_line(tmp_path, monkeypatch):
+    import Utils.checkpoint as checkpoint
+    hang = threading.Event()
+    monkeypatch.setattr(checkpoint, "write_checkpoint", lambda run_dir, state: hang.wait(30))
+    writer = CheckpointWriter(tmp_path, bounded=True, timeout_s=0.2)
+    with pytest.raises(OSError, match="round 3 is done, and no write has ended in 0 s .* not keeping up or hangs"):
+        for round_number in range(1, 4):
+            writer.submit({"round": round_number, "options": {}})
+    with pytest.raises(OSError, match="the last round's checkpoint is not written"):
+        writer.wait()
+    hang.set()
 
 
 def test_the_rows_a_checkpoint_saves_are_not_changed_by_the_rounds_after():
