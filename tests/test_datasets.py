@@ -539,6 +539,19 @@ def test_text_corpus_vocabulary_in_first_seen_order_with_eos(tmp_path):
     assert corpus.valid_tokens.tolist() == [3, 4, 2] and corpus.test_tokens.tolist() == [2, 4, 2]
 
 
+def test_the_sizes_before_loading_count_the_tokens_the_corpus_loads(tmp_path):
+    """dataset_size (the launcher's memory and partition checks) reads a corpus without building it: its counts
+    and vocabulary are load_text_corpus's, a last line without its newline included."""
+    from Utils.data.datasets import TEXT_SPECS, dataset_size
+    folder = tmp_path / TEXT_SPECS["ptb"].folder
+    files = TEXT_SPECS["ptb"].files
+    write_text_corpus(folder, files, (" a b \n b c\n x", "c d\n", "\nd\ny z"))
+    corpus = load_text_corpus([folder / file for file in files], "ptb")
+    size = dataset_size("ptb", tmp_path)
+    assert (size.train, size.test, size.num_classes) == (len(corpus.train_tokens), len(corpus.test_tokens),
+                                                        corpus.vocab_size) == (8, 6, 8)
+
+
 def test_batchify_and_bptt_batches_as_pytorch_examples():
     batched = batchify(torch.arange(11), 3)   # 11 // 3 = 3 rows, 2 tokens dropped
     assert batched.tolist() == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from Utils.data.errors import DatasetCorruptError, DatasetUnavailableError
-from Utils.data.text import EOS, TextData, load_text_corpus
+from Utils.data.text import TextData, load_text_corpus, scan_corpus_file
 
 SPLITS = ("train", "test")
 
@@ -275,19 +275,11 @@ def dataset_size(name: str, data_dir: str | Path) -> DatasetSize:
     root = Path(data_dir)
     if name in TEXT_SPECS:
         spec = TEXT_SPECS[name]
-        counts, vocab = [], {EOS}
+        counts, vocab = [], set()
         for file in spec.files:
-            path = root / spec.folder / file
-            fix = f"delete it and run `python prepare_data.py --dataset {name}`"
-            try:
-                text = path.read_text(encoding="utf8")
-            except UnicodeDecodeError as exc:
-                raise DatasetCorruptError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); {fix}") from exc
-            words = text.split()
-            if not words:
-                raise DatasetCorruptError(f"{path}: empty text file (no words); {fix}")
-            counts.append(len(words) + text.count("\n"))   # each line ends with <eos>
-            vocab.update(words)
+            count, words = scan_corpus_file(root / spec.folder / file, name)
+            counts.append(count)
+            vocab |= words
         return DatasetSize(counts[0], counts[2], len(vocab), 1, {}, stream=True)
     spec = IMAGE_SPECS[name]
     train, test = (len(read_cache(name, root, split, mmap=True)["labels"]) for split in SPLITS)

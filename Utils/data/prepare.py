@@ -52,6 +52,7 @@ from Utils.data.image_files import (
     read_jpeg_npz_split,
     torchvision_class,
 )
+from Utils.data.text import scan_corpus_file
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def describe_prepared(name: str, data_dir: str | Path) -> str:
     root = Path(data_dir)
     if name in TEXT_SPECS:
         spec = TEXT_SPECS[name]
-        counts = [_count_tokens(root / spec.folder / file) for file in spec.files]
+        counts = [scan_corpus_file(root / spec.folder / file, name)[0] for file in spec.files]
         return f"{root / spec.folder} ({' / '.join(f'{c:,}' for c in counts)} train / valid / test tokens)"
     train, test = (len(read_cache(name, root, split, mmap=True)["labels"]) for split in SPLITS)
     return f"{root / IMAGE_SPECS[name].folder} ({train:,} train / {test:,} test)"
@@ -445,11 +446,6 @@ def _unavailable_message(name: str, root: Path, reason: str) -> str:
     command = f"python prepare_data.py --dataset {name}" + ("" if root == Path("data") else f" --data_dir {root}")
     return (f"{name}: not in {folder} and {reason}; run `{command}` on a machine with network, or `{command} "
             f"--source DIR` with DIR holding {_files_wanted(name)}")
-
-
-def _count_tokens(path: Path) -> int:
-    with open(path, encoding="utf8") as lines:
-        return sum(len(line.split()) + 1 for line in lines)
 
 
 @contextlib.contextmanager

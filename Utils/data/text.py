@@ -99,18 +99,34 @@ def load_text_corpus(paths: Sequence[str | Path], name: str) -> TextData:
 
 
 def _tokenize(path: Path, word_to_index: dict[str, int], name: str) -> Tensor:
+    ids = [word_to_index.setdefault(word, len(word_to_index)) for words in _lines(path, name) for word in words]
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def scan_corpus_file(path: Path, name: str) -> tuple[int, set[str]]:
+    """A corpus file's token count and its words, as load_text_corpus would read them, without the ids."""
+    tokens, vocab = 0, set()
+    for words in _lines(path, name):
+        tokens += len(words)
+        vocab.update(words)
+    return tokens, vocab
+
+
+def _lines(path: Path, name: str) -> Iterator[list[str]]:
+    """Each line's words and its <eos>, iterated as pytorch/examples does; DatasetCorruptError for a file that
+    is not UTF-8 or holds no word."""
     fix = f"delete it and run `python prepare_data.py --dataset {name}`"
-    ids: list[int] = []
+    any_word = False
     try:
-        with open(path, encoding="utf8") as lines:   # iterate lines exactly as pytorch/examples does
+        with open(path, encoding="utf8") as lines:
             for line in lines:
-                for word in line.split() + [EOS]:
-                    ids.append(word_to_index.setdefault(word, len(word_to_index)))
+                words = line.split()
+                any_word = any_word or bool(words)
+                yield words + [EOS]
     except UnicodeDecodeError as exc:
         raise DatasetCorruptError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); {fix}") from exc
-    if len(ids) == ids.count(word_to_index.get(EOS, -1)):
+    if not any_word:
         raise DatasetCorruptError(f"{path}: empty text file (no words); {fix}")
-    return torch.tensor(ids, dtype=torch.int64)
 
 
 def batchify(tokens: Tensor, batch_size: int) -> Tensor:
