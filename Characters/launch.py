@@ -1,7 +1,7 @@
 """Start a job: spawn every rank on this machine, or run the one rank that torchrun / env vars name.
 
-A failed rank brings the whole job down: torch.multiprocessing terminates the other ranks as soon as
-one exits abnormally, and the launcher names the rank that failed. Ctrl-C stops every process.
+A failed rank brings the whole job down: once one exits abnormally the others get FAILURE_GRACE_S to end on
+their own, then are terminated, and the launcher names the rank that failed. Ctrl-C stops every process.
 """
 from __future__ import annotations
 
@@ -313,9 +313,9 @@ def _check_memory(cfg: RunConfig, size: DatasetSize, forked: bool) -> None:
     shape = JobShape(cfg.world_size, model_bytes, **size.memory(train, test),
                      snapshot_bytes=min(evaluations, max_pending_snapshots(model_bytes)) * model_bytes,
                      merge_state_bytes=merge_state_copies(cfg.sampled_per_round) * model_bytes
-                     if cfg.client_merge and cfg.compress == "none" else 0,
+                     if cfg.server_keeps_uploads else 0,
                      compressed=cfg.compress != "none",
-                     receive_buffers=1 if cfg.client_merge and cfg.compress == "none"
+                     receive_buffers=1 if cfg.server_keeps_uploads
                      else min(cfg.receive_window, cfg.sampled_per_round),
                      hosted_client_bytes=model_bytes * hosted_client_copies(
                          cfg.federation_size, cfg.sampled_per_round, cfg.client_ranks, merge=cfg.client_merge,

@@ -3,9 +3,11 @@
 One loop serves FedAvg and Overlap-FedAvg; the difference lives in Utils.aggregation.ServerUpdate
 (staleness, compensation, momentum) and in the clients' pipeline. A round's uploads come from the clients it
 samples (--clients_per_round; all by default), each from the rank that hosts it (Utils.federation); they are
-received in fixed client order and folded into running sums, so the server holds O(model) memory and its
-arithmetic does not depend on which client happens to finish first (same seed, same numbers, whatever the network).
-With --compress an upload is added to the current global model (the one its client held when it sent it),
+received in fixed client order and folded into running sums, so the sums take O(model) memory (the client
+merge also keeps the round's uploads for the checkpoint) and the arithmetic does not depend on which client
+happens to finish first (same seed, same numbers, whatever the network).
+With --compress an upload's decoded difference is added to the current global model (the client took it
+against its own copy of that model, which the broadcasts keep within their residual of it),
 and a broadcast sends the global model less its replica of what the clients hold, then adds to the
 replica what the clients will decode: what a broadcast loses stays in the difference and goes out next time.
 """
@@ -171,7 +173,7 @@ class _Server:
         self.window = min(cfg.receive_window, cfg.sampled_per_round)
         # The client merge keeps every client's last upload for --resume (compressed, the clients keep their own
         # state instead); otherwise the upload buffers are reused round after round (receive).
-        self.keeps_uploads = cfg.client_merge and cfg.compress == "none"
+        self.keeps_uploads = cfg.server_keeps_uploads
         self.upload_buffers = [] if self.keeps_uploads else [torch.empty(transport.upload_size(self.payload_words))
                                                            for _ in range(self.window)]
         # --compress: the global model as the clients hold it (what the broadcasts have added up to), and as they
@@ -426,13 +428,13 @@ class _Server:
 
     def finish(self, round_number: int, *, stopped: bool) -> dict:
         """After the last round: every row written, the final checkpoint, the models and summary.json."""
-        rounds_done = time.time()
+        rounds_ended = time.time()
         self.rows.flush(wait=True)
         self.checkpoint(round_number, stopped_early=stopped)   # every row written: nothing pending
         self.checkpoints.wait()
         if self.evaluator is not None:
             self.evaluator.close()
-            self.evaluation_tail_s = time.time() - rounds_done
+            self.evaluation_tail_s = time.time() - rounds_ended
             if self.evaluation_tail_s > 1.0:
                 log.info("evaluation finished %.1f s after the last round", self.evaluation_tail_s)
         self.writer.close()
@@ -507,4 +509,4 @@ def _summary(cfg: RunConfig, figures: dict, metric: str, wall_s: float, stopped:
             f"done: {rounds} rounds, no evaluation, wall {wall_s:.1f} s, run directory {cfg.out_dir}")
     return {"metric": metric, "best": math.nan if best is None else best, "best_round": best_round or 0,
             "final": math.nan if final is None else final, "rounds": rounds, "wall_s": wall_s,
-            "stopped_early": stopped, "line": line}
+            "stopped_early": stopped, "out_dir": cfg.out_dir, "line": line}

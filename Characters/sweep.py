@@ -59,7 +59,7 @@ def format_table(results: list[tuple[dict, int, dict | None]]) -> str:
             lines.append(f"{values} {'failed':>9} {'':>9} {'':>8}  (exit {status})")
             continue
         lines.append(f"{values} {summary['final']:>9.4f} {summary['best']:>9.4f} {summary['wall_s']:>8.1f}  "
-                     f"{summary['line'].rsplit('run directory ', 1)[-1]}")
+                     f"{summary['out_dir']}")
     return "\n".join(lines)
 
 

@@ -9,10 +9,10 @@ from .cnncifar import CNNCifar
 from .mlp import MLP
 from .mnistnet import MnistNet
 from .resnet import ResNet18
-from .transformer import BPTT, TransformerModel
+from .transformer import TransformerModel
 from .vgg import VGG11Star
 
-__all__ = ["MODEL_NAMES", "BPTT", "build_model", "is_language_model", "check_model_fits",
+__all__ = ["MODEL_NAMES", "build_model", "is_language_model", "check_model_fits",
            "count_parameters", "describe_model"]
 
 MODEL_NAMES: tuple[str, ...] = ("mlp", "mnistnet", "cnncifar", "vgg", "resnet", "transformer")

@@ -14,7 +14,6 @@ NHEAD = 2
 NHID = 200  # feed-forward width
 NLAYERS = 2
 DROPOUT = 0.2
-BPTT = 35  # training sequence length (used by the data loader, not by the model)
 MAX_LEN = 5000  # longest sequence the positional table covers
 
 

@@ -50,12 +50,17 @@ def result_options(config: dict) -> dict:
 
 def write_checkpoint(run_dir: Path, state: dict) -> None:
     """Write checkpoint.pt atomically: the previous one stays until the new one is complete on disk."""
-    staging = run_dir / (CHECKPOINT_NAME + ".tmp")
+    _save_atomically(run_dir / CHECKPOINT_NAME, {"format": FORMAT, **state})
+
+
+def _save_atomically(path: Path, content: dict) -> None:
+    """torch.save to a temporary name, flushed to disk, then renamed over `path`: a reader never sees half."""
+    staging = path.with_name(path.name + ".tmp")
     with staging.open("wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
+        torch.save(content, f)
         f.flush()
         os.fsync(f.fileno())
-    staging.replace(run_dir / CHECKPOINT_NAME)
+    staging.replace(path)
 
 
 class CheckpointWriter:
@@ -165,12 +170,7 @@ def write_client_state(run_dir: Path, client: int, round_number: int, state: dic
     its last CLIENT_STATES_KEPT are removed (a sampled client uploads in some rounds only)."""
     path = _client_state_path(run_dir, client, round_number)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".tmp")
-    with staging.open("wb") as f:
-        torch.save({"format": FORMAT, "round": round_number, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    staging.replace(path)
+    _save_atomically(path, {"format": FORMAT, "round": round_number, **state})
     saved = sorted(int(p.stem.rsplit("round", 1)[1]) for p in path.parent.glob(f"client{client}-round*.pt"))
     for old in saved[:-CLIENT_STATES_KEPT]:
         _client_state_path(run_dir, client, old).unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""The options of a job, as frozen dataclasses that travel to every rank (argparse stays in the entry scripts).
+"""The options of a job, as frozen dataclasses that travel to every rank (Utils.cli builds the parsers).
 
 Each option's default and help live here once: a field with `option(...)` metadata is a command-line option
 of the scripts it names, and Utils.cli builds the parsers of FedAvg.py and AsyncFedAvg.py from these fields.
@@ -264,8 +264,10 @@ class RunConfig:
         "--seed, for quick runs (default: the whole test set)", type=positive_int)
     resume: str | None = option(None,
         "continue the run in RUN_DIR from its last complete round, with its saved options (only --max_epoch "
-        "to extend it, and where or how the processes run, may change; see docs/resume.md)", metavar="RUN_DIR")
-    timeout: float = option(1800.0, "seconds any rank waits for a peer before declaring it dead", type=positive_float)
+        "to extend it, options of time or place such as the link, and where or how the processes run may "
+        "change; see docs/resume.md)", metavar="RUN_DIR")
+    timeout: float = option(1800.0, "the longest any rank waits for a peer before declaring it dead; once a round "
+                            "has been seen, 5 times the longest round, at least 300 s", type=positive_float)
     threads: int = option(1, "intra-op threads per process on the CPU", type=positive_int)
     # The server update. The defaults are a plain step (mu 0, server_lr 1): FedAvg's average, and for
     # AsyncFedAvg the client merge with b = 1, chosen by time to target accuracy (docs/defaults.md). With --mom
@@ -332,6 +334,12 @@ class RunConfig:
     def client_merge(self) -> bool:
         """The clients correct the staleness (--compensation local), not the server."""
         return self.overlap and self.compensation == CLIENT_MERGE
+
+    @property
+    def server_keeps_uploads(self) -> bool:
+        """The server keeps the round's uploads for its checkpoint (the client merge, uncompressed: compressed,
+        each client saves its own start)."""
+        return self.client_merge and self.compress == "none"
 
     def with_run_dir(self) -> RunConfig:
         """The same config with out_dir resolved to a fresh runs/<script>-<dataset>-<model>-<time> folder."""

@@ -81,7 +81,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def init_process_group(rank: int, world_size: int, *, master_addr: str | None, master_port: int | None,
                        backend: str, timeout_s: float, device: torch.device | None = None) -> None:
-    """Join the job's process group; every later collective or point-to-point wait times out after timeout_s.
+    """Join the job's process group; no later collective or point-to-point wait outlasts timeout_s (each takes
+    a shorter one from its HangDeadline).
 
     With master_addr/master_port None the rendezvous comes from the environment (torchrun, or RANK,
     WORLD_SIZE, MASTER_ADDR, MASTER_PORT set by hand on each machine).
@@ -178,9 +179,9 @@ def pack_upload(model_flat: torch.Tensor, report: RoundReport) -> torch.Tensor:
     return torch.cat([model_flat, report.to_tensor()])
 
 
-def unpack_upload(message: torch.Tensor, model_numel: int) -> tuple[torch.Tensor, RoundReport]:
-    """An upload's model part (a view) and its report."""
-    return message[:model_numel], RoundReport.from_tensor(message[model_numel:])
+def unpack_upload(message: torch.Tensor, payload_words: int) -> tuple[torch.Tensor, RoundReport]:
+    """An upload's payload (a view: the model, or with --compress its packed difference) and its report."""
+    return message[:payload_words], RoundReport.from_tensor(message[payload_words:])
 
 
 def pack_download(model_flat: torch.Tensor, stop: bool) -> torch.Tensor:
