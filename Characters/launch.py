@@ -152,7 +152,7 @@ def _run_one_rank(cfg: RunConfig, rank: int, world_size: int) -> dict | None:
     log.info("rank %d of %d: %s", rank, world_size, device_note(cfg))
     if rank == transport.SERVER_RANK:
         _check_out_dir(cfg)
-    ensure_dataset(cfg.dataset, cfg.data_dir)   # ranks sharing a machine take turns (a file lock)
+    ensure_dataset(cfg.dataset, cfg.data_dir, lock_wait_s=cfg.timeout)   # ranks of a machine take turns (a lock)
     return run_rank(rank, cfg, rendezvous_from_env=True)
 
 
@@ -177,7 +177,7 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
                           f"--master_port (or 0 to pick a free one)")
     start_method = _start_method(cfg)
     log.info("%s", device_note(cfg))
-    ensure_dataset(cfg.dataset, cfg.data_dir)   # once here, not N+1 times in parallel
+    ensure_dataset(cfg.dataset, cfg.data_dir, lock_wait_s=cfg.timeout)   # once here, not N+1 times in parallel
     size = dataset_size(cfg.dataset, cfg.data_dir)
     _check_partition(cfg, size)
     _check_memory(cfg, size, forked=start_method == "forkserver")

@@ -381,6 +381,16 @@ def test_a_second_process_waits_for_the_lock_then_finds_the_dataset(tmp_path):
     assert finished.is_set() and is_prepared("mnist", tmp_path)
 
 
+def test_a_lock_held_by_a_stopped_process_is_waited_for_a_bounded_time(tmp_path):
+    make_mnist(tmp_path / "MNIST" / "raw")
+    with open(tmp_path / ".mnist.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # never released while the other waits: a holder stopped with Ctrl-Z
+        with pytest.raises(DatasetUnavailableError, match=r"another process has held .*/\.mnist\.lock for 1 s without "
+                                                          r"finishing the dataset \(stopped or stuck\?\)"):
+            ensure_dataset("mnist", tmp_path, download=False, lock_wait_s=1.0)
+    assert not is_prepared("mnist", tmp_path)
+
+
 # -------------------------------------------------------------------------------- bad inputs
 
 @pytest.mark.parametrize("call", [load_dataset, ensure_dataset, dataset_is_text, lambda n: is_prepared(n, ".")])

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_ENV = "OVERLAP_FEDAVG_DATA_SOURCE"   # a folder laid out as ../shared/data, imported from when offline
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2].parent / "shared" / "data"   # ../shared/data of the checkout
+LOCK_WAIT_S = 1800.0   # the longest a process waits for another preparing the same dataset (--timeout's default)
 NETWORK_TIMEOUT_S = 60.0   # per socket operation of a download (connect, each read)
 PROBE_TIMEOUT_S = 5.0      # for the first connection to a download host: longer means no network
 
@@ -75,9 +76,11 @@ def is_prepared(name: str, data_dir: str | Path) -> bool:
     return all(cache_path(name, root, split).is_file() for split in SPLITS)
 
 
-def ensure_dataset(name: str, data_dir: str | Path = "./data", download: bool = True) -> None:
+def ensure_dataset(name: str, data_dir: str | Path = "./data", download: bool = True, *,
+                   lock_wait_s: float = LOCK_WAIT_S) -> None:
     """Make sure a dataset is prepared: build its caches from files in place, else download it, else (no
-    network, or download=False) import its local copy (local_copy), logging one line saying so.
+    network, or download=False) import its local copy (local_copy), logging one line saying so. Another
+    process preparing it is waited for, lock_wait_s at most.
 
     Raises ValueError for an unknown name, DatasetUnavailableError when it is absent and none of these
     works, DatasetCorruptError for a broken file.
@@ -88,7 +91,7 @@ def ensure_dataset(name: str, data_dir: str | Path = "./data", download: bool = 
         return
     if not download and not _files_in_place(name, root) and local_copy(name) is None:
         raise DatasetUnavailableError(_unavailable_message(name, root, "downloading is off"))
-    with _dataset_lock(root, name):
+    with _dataset_lock(root, name, lock_wait_s):
         if is_prepared(name, root):   # another process finished it while this one waited
             return
         if _files_in_place(name, root):   # image files without their caches (text files in place are prepared)
@@ -449,10 +452,11 @@ def _unavailable_message(name: str, root: Path, reason: str) -> str:
 
 
 @contextlib.contextmanager
-def _dataset_lock(root: Path, name: str) -> Iterator[None]:
+def _dataset_lock(root: Path, name: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """Exclusive lock on <root>/.<name>.lock: one process prepares a dataset, the others wait for it.
 
-    flock is released by the kernel when its holder dies, so a crashed rank never leaves a stale lock.
+    flock is released by the kernel when its holder dies, so a crashed rank never leaves a stale lock; a holder
+    that is stopped or stuck is waited for wait_s, then named in a DatasetUnavailableError.
     """
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -462,11 +466,20 @@ def _dataset_lock(root: Path, name: str) -> Iterator[None]:
         raise DatasetUnavailableError(f"{name}: cannot write to the data directory {root} ({reason}); give a "
                                       f"--data_dir this user can write to") from error
     with lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: waiting for another process preparing it in %s", name, root)
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        deadline, said = time.monotonic() + wait_s, False
+        while True:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DatasetUnavailableError(
+                        f"{name}: another process has held {lock_file.name} for {wait_s:.0f} s without "
+                        f"finishing the dataset (stopped or stuck?); end it and start again") from None
+                if not said:
+                    log.info("%s: waiting for another process preparing it in %s", name, root)
+                    said = True
+                time.sleep(0.5)
         try:
             yield
         finally:
