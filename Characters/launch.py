@@ -197,8 +197,16 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     try:
         # On a failure, the others get 2 s to end on their own (the server then names the client it lost),
         # then SIGTERM, then SIGKILL 2 s later: a stopped (SIGSTOP) rank ends too.
+        clients_ended_at = None
         while not context.join(timeout=1.0, grace_period=FAILURE_GRACE_S):
-            pass
+            # Once its clients have ended no peer waits for the server with a deadline: the launcher does.
+            if clients_ended_at is None and all(p.exitcode == 0 for p in context.processes[1:]):
+                clients_ended_at = time.monotonic()
+            if clients_ended_at is not None and time.monotonic() - clients_ended_at > cfg.timeout:
+                log.error("rank 0 has not ended %.0f s (--timeout) after its clients did, writing its outputs (a "
+                          "disk that hangs?); the job was stopped", cfg.timeout)
+                _terminate(context.processes)
+                return EXIT_FAILED, None
     except (mp.ProcessRaisedException, mp.ProcessExitedException):
         log.error("%s; the job was stopped", _root_failure(context))
         return EXIT_FAILED, None

@@ -113,3 +113,21 @@ def test_ctrl_c_while_the_job_starts_is_one_line(after_s, mnist_root, tmp_path):
     stderr = log.read_text()
     assert returncode == 130 and "interrupted" in stderr.strip().splitlines()[-1], stderr[-2000:]
     assert left == [] and "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_a_server_that_hangs_after_its_clients_ended_is_stopped_after_timeout(mnist_root, tmp_path):
+    """After the clients' last report nobody waits for the server with a deadline but the launcher: a disk that
+    never finishes a write (a FIFO no one reads, in place of final_model.pt) must not hang the job."""
+    env = job_env()
+    run = tmp_path / "run"
+    job, log = _start("FedAvg.py", *TINY, "--max_epoch", "40", "--slowdown", "5", "--timeout", "8", out_dir=run,
+                      data_dir=mnist_root, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run / "metrics.csv").exists() and job.poll() is None:
+        time.sleep(0.05)
+    os.mkfifo(run / "final_model.pt")
+    returncode, left = _finish(job, env["OVERLAP_FEDAVG_TEST_TAG"])
+    stderr = log.read_text()
+    assert returncode == 1, stderr[-2000:]
+    assert "rank 0 has not ended 8 s (--timeout) after its clients did" in stderr.strip().splitlines()[-1]
+    assert left == [] and "Traceback" not in stderr, stderr[-2000:]
