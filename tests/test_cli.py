@@ -162,7 +162,7 @@ def test_the_world_size_override_is_said_by_rank_0_only(rank, said, monkeypatch,
     import Characters.launch as launch
     started = []
     monkeypatch.setattr(launch, "run_rank", lambda rank, cfg, rendezvous_from_env: started.append(cfg))
-    monkeypatch.setattr(launch, "ensure_dataset", lambda *args: None)   # no data needed to start a rank here
+    monkeypatch.setattr(launch, "ensure_dataset", lambda *args, **kwargs: None)   # no data needed to start a rank here
     monkeypatch.setattr(launch, "setup_logging", lambda *args: None)   # keep caplog's handler in place
     monkeypatch.setenv("MASTER_ADDR", "localhost")
     monkeypatch.setenv("MASTER_PORT", "29500")
