@@ -60,7 +60,7 @@ def run_rank(rank: int, cfg: RunConfig, rendezvous_from_env: bool = False) -> di
         shards = client_shards(data, cfg.federation_size, cfg.partition, cfg.seed, cfg.alpha, cfg.shards_per_client)
         fingerprint = job_fingerprint(cfg, model_size(model))
         if rank == transport.SERVER_RANK:
-            transport.check_clients(fingerprint, list(range(1, cfg.world_size)), cfg.timeout)
+            transport.check_client_ranks(fingerprint, list(range(1, cfg.world_size)), cfg.timeout)
             note = unverified_note(cfg.dataset, cfg.data_dir)   # here: once per job, not once per rank
             if note:
                 log.info("%s", note)

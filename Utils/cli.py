@@ -18,10 +18,10 @@ from Utils.checkpoint import PROCESS_OPTIONS, RESUMABLE_CHANGES
 from Utils.config import (
     ASYNC,
     FEDAVG,
-    PER_CLIENT_OPTIONS,
+    PER_CLIENT_RANK_OPTIONS,
     RunConfig,
     SearchConfig,
-    client_value,
+    client_rank_value,
     nccl_sharing_refusal,
 )
 from Utils.data.datasets import dataset_is_text, image_shape
@@ -229,9 +229,9 @@ def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         refusal = nccl_sharing_refusal(args.gpus, range(args.world_size))
         if refusal:
             parser.error(refusal)
-    for name in PER_CLIENT_OPTIONS:
+    for name in PER_CLIENT_RANK_OPTIONS:
         try:
-            client_value(getattr(args, name), 1, args.world_size - 1, args.seed, name)
+            client_rank_value(getattr(args, name), 1, args.world_size - 1, args.seed, name)
         except ValueError as error:
             parser.error(str(error))
     moms = args.mom if isinstance(args.mom, list) else [args.mom]   # AsyncFedAvg takes a grid of them

@@ -95,13 +95,13 @@ def at_least_one(text: str) -> float:
     return _checked_float(text, lambda v: v >= 1.0, "1 or more")
 
 
-SPREAD = "lognormal"   # --bandwidth lognormal:MEDIAN:SIGMA and the like (client_value)
-PER_CLIENT_OPTIONS = ("bandwidth", "latency", "slowdown")
+SPREAD = "lognormal"   # --bandwidth lognormal:MEDIAN:SIGMA and the like (client_rank_value)
+PER_CLIENT_RANK_OPTIONS = ("bandwidth", "latency", "slowdown")
 
 
-def per_client(number: Callable[[str], float]) -> Callable[[str], float | tuple[float, ...] | str]:
+def per_client_rank(number: Callable[[str], float]) -> Callable[[str], float | tuple[float, ...] | str]:
     """An option with a value per client rank: NUMBER (every one), a comma list (one per client rank, in rank
-    order) or lognormal:MEDIAN:SIGMA (a seeded spread, client_value); each number checked by `number`."""
+    order) or lognormal:MEDIAN:SIGMA (a seeded spread, client_rank_value); each number checked by `number`."""
     def parse(text: str) -> float | tuple[float, ...] | str:
         if text.startswith(SPREAD + ":"):
             parts = text.split(":")
@@ -115,22 +115,22 @@ def per_client(number: Callable[[str], float]) -> Callable[[str], float | tuple[
     return parse
 
 
-def client_value(spec: float | tuple[float, ...] | str | None, client: int, num_clients: int, seed: int,
-                 name: str) -> float | None:
-    """Client rank `client`'s (1..N, N = world_size - 1) value of a per-client option. A spread
+def client_rank_value(spec: float | tuple[float, ...] | str | None, rank: int, client_ranks: int, seed: int,
+                      name: str) -> float | None:
+    """Client rank `rank`'s (1..N, N = world_size - 1) value of a per-client-rank option. A spread
     lognormal:MEDIAN:SIGMA gives rank k MEDIAN * exp(SIGMA * z_k), with z_1..z_N standard normal draws seeded by
     the option's name and --seed, so every rank derives the same values without a message."""
     if spec is None or isinstance(spec, int | float):
         return spec
     if isinstance(spec, tuple | list):
-        if len(spec) != num_clients:
-            raise ValueError(f"--{name} lists {len(spec)} values for {num_clients} client ranks; give one per "
+        if len(spec) != client_ranks:
+            raise ValueError(f"--{name} lists {len(spec)} values for {client_ranks} client ranks; give one per "
                              f"client rank (in rank order), one for all, or a spread {SPREAD}:MEDIAN:SIGMA")
-        return float(spec[client - 1])
+        return float(spec[rank - 1])
     _, median, sigma = spec.split(":")
     draws = random.Random(f"{name}:{seed}")
-    z = [draws.gauss(0.0, 1.0) for _ in range(num_clients)]
-    return float(median) * math.exp(float(sigma) * z[client - 1])
+    z = [draws.gauss(0.0, 1.0) for _ in range(client_ranks)]
+    return float(median) * math.exp(float(sigma) * z[rank - 1])
 
 
 def unit_interval(text: str) -> float:
@@ -227,17 +227,18 @@ class RunConfig:
         "torch.distributed backend (nccl: CUDA devices only, needs --gpus)", choices=("gloo", "nccl"))
     master_addr: str = option("localhost", "the server's address (single machine: localhost)")
     master_port: int = option(29500, "the server's port (0: pick a free one)", type=port_number)
-    # Per-client-rank options: one value, a comma list (one per client rank) or lognormal:MEDIAN:SIGMA (client_value).
+    # Per-client-rank options: one value, a comma list (one per client rank) or lognormal:MEDIAN:SIGMA
+    # (client_rank_value).
     bandwidth: float | tuple[float, ...] | str | None = option(None,
         "emulate each client rank's link at this many Mbit/s: one value, one per client rank (20,5,20,20) or a "
-        "seeded spread lognormal:MEDIAN:SIGMA (default: the real network)", type=per_client(positive_float))
+        "seeded spread lognormal:MEDIAN:SIGMA (default: the real network)", type=per_client_rank(positive_float))
     latency: float | tuple[float, ...] | str = option(0.0,
         "emulated link latency per message, ms (one value, one per client rank, or a spread)",
-        type=per_client(non_negative_float))
+        type=per_client_rank(non_negative_float))
     slowdown: float | tuple[float, ...] | str = option(1.0,
         "a client rank trains this many times slower: after each client's round it waits (k - 1) times its "
         "training time (one value, one per client rank, or a spread, floored at 1), to study stragglers",
-        type=per_client(at_least_one))
+        type=per_client_rank(at_least_one))
     compress: str = option("none",
         "message format: uploads carry the client's model less the global model it holds, downloads the "
         "global model less what the clients hold, as float32 (none), fp16, int8 (per-block scales) or topk "
@@ -323,12 +324,12 @@ class RunConfig:
     def client_link(self, rank: int) -> tuple[float | None, float]:
         """(bandwidth Mbit/s or None, latency ms) of client rank `rank` (1..world_size - 1): the link belongs to
         the process, which all its clients share."""
-        return (client_value(self.bandwidth, rank, self.client_ranks, self.seed, "bandwidth"),
-                client_value(self.latency, rank, self.client_ranks, self.seed, "latency"))
+        return (client_rank_value(self.bandwidth, rank, self.client_ranks, self.seed, "bandwidth"),
+                client_rank_value(self.latency, rank, self.client_ranks, self.seed, "latency"))
 
     def client_slowdown(self, rank: int) -> float:
         """How many times slower client rank `rank` trains (each of its clients)."""
-        return max(1.0, client_value(self.slowdown, rank, self.client_ranks, self.seed, "slowdown"))
+        return max(1.0, client_rank_value(self.slowdown, rank, self.client_ranks, self.seed, "slowdown"))
 
     @property
     def client_merge(self) -> bool:

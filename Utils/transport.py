@@ -153,18 +153,18 @@ def hello_message(fingerprint: bytes) -> torch.Tensor:
     return torch.tensor([PROTOCOL_VERSION, *halves], dtype=torch.float32)
 
 
-def check_clients(fingerprint: bytes, clients: list[int], timeout_s: float) -> None:
-    """The server: every client's hello must match its own; a clear error naming the first that does not."""
+def check_client_ranks(fingerprint: bytes, ranks: list[int], timeout_s: float) -> None:
+    """The server: every client rank's hello must match its own; a clear error naming the first that does not."""
     expected, message = hello_message(fingerprint), torch.empty(HELLO_SIZE)
-    for client in clients:
-        recv(message, client, timeout_s=timeout_s, waiting_for=f" (the server was waiting for client {client} "
-                                                               f"to join)")
+    for rank in ranks:
+        recv(message, rank, timeout_s=timeout_s, waiting_for=f" (the server was waiting for client rank {rank} "
+                                                             f"to join)")
         if message[0].item() != PROTOCOL_VERSION:
-            raise PeerFailure(f"client {client} speaks protocol {message[0].item():g}, the server "
+            raise PeerFailure(f"client rank {rank} speaks protocol {message[0].item():g}, the server "
                               f"{PROTOCOL_VERSION:g}: run the same version of this project on every machine")
         if not torch.equal(message, expected):
-            raise PeerFailure(f"client {client} runs with other options or another model than the server: give "
-                              f"every rank the same options (and the same data)")
+            raise PeerFailure(f"client rank {rank} runs with other options or another model than the server: "
+                              f"give every rank the same options (and the same data)")
 
 
 def upload_size(payload_words: int) -> int:

@@ -237,7 +237,7 @@ def test_a_client_with_other_options_is_refused_before_any_model_is_sent(mnist_r
     outputs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode != 0 for p in procs), [p.returncode for p in procs]
     last = outputs[0][1].strip().splitlines()[-1]
-    assert "client 2 runs with other options or another model than the server" in last, outputs[0][1][-2000:]
+    assert "client rank 2 runs with other options or another model than the server" in last, outputs[0][1][-2000:]
     assert "Traceback" not in outputs[0][1]
     assert wait_until_gone(env_base["OVERLAP_FEDAVG_TEST_TAG"]) == []
 
