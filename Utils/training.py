@@ -33,10 +33,6 @@ class LocalTrainer:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
         self.shard = data.client_shard(shard, batch_size, next(model.parameters()).device)
 
-    @property
-    def num_samples(self) -> int:
-        return self.shard.num_samples
-
     def train_round(self, start: torch.Tensor, round_number: int) -> tuple[torch.Tensor, float]:
         """Load the global model `start`, train round `round_number` (1..R) for E epochs; return (new flat model,
         mean training loss)."""
