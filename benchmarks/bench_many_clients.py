@@ -50,6 +50,7 @@ from jobs import (  # noqa: E402
     read_metrics,
     report_and_exit,
     run_job,
+    smoke_budget_s,
     steady_mean,
     work_directory,
 )
@@ -87,7 +88,7 @@ def rounds_to_target(job: JobResult) -> str:
 def section_rounds(args, work: Path, verdicts: list) -> None:
     base = [*mnist(args), *federation(100, 10)]
     pilot = run_job("FedAvg.py", [*base, "--max_epoch", "4", "--eval_every", "0"], work / "pilot", args.job_timeout)
-    link = calibrated_link(pilot, RANKS, 1.0, args.latency)
+    link = calibrated_link(pilot, RANKS, 1.0, args.latency, min_budget_s=smoke_budget_s(args))
     print(f"\n## rounds: 100 clients, 10 per round, {RANKS} client ranks, calibrated link "
           f"{link.bandwidth_mbit:.3g} Mbit/s + {args.latency:g} ms (T = {steady_mean(pilot.rows, 'round_s'):.2f} s)\n")
     print(f"| algorithm | rounds to {100 * TARGET:g} % (McMahan: {MCMAHAN_ROUNDS}) | accuracy at 5, 20, last | "
@@ -223,6 +224,9 @@ def main() -> None:
     add("--seed", type=int, default=2020)
     add("--peers_python", default=None, help="the Python of the peers' environment (../shared/peers/setup.sh)")
     args = parser.parse_args()
+    if "thousand" in args.only and args.max_train_samples is not None and args.max_train_samples < 2000:
+        parser.error(f"--max_train_samples {args.max_train_samples}: the thousand section gives 1,000 clients 2 "
+                     f"label shards each and needs 2,000 or more (or leave it out: --only rounds hosting flower)")
     args.data_dir = str(Path(args.data_dir).resolve())
     verdicts: list = []
     with work_directory(args, prefix="bench-many-clients-") as work:

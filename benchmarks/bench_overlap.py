@@ -45,6 +45,7 @@ from jobs import (  # noqa: E402
     message_bytes,
     report_and_exit,
     run_job,
+    smoke_budget_s,
     steady_mean,
     work_directory,
 )
@@ -105,11 +106,13 @@ class Bench:
             print(f"link (given): {args.bandwidth:g} Mbit/s, {args.latency:g} ms")
             return self.link
         first_estimate = steady_mean(pilot.rows, "round_s")
-        guess = calibrated_link(pilot, NUM_CLIENTS, args.comm_over_train, args.latency)
+        guess = calibrated_link(pilot, NUM_CLIENTS, args.comm_over_train, args.latency,
+                                min_budget_s=smoke_budget_s(args))
         on_link = run_job("FedAvg.py", self.options(args.pilot_rounds, 1, evaluate=False, link=guess),
                           self.work / "pilot-on-link-FedAvg", args.job_timeout)
         training_s = training_on_link_s(on_link, guess, self.message_bytes)
-        self.link = calibrated_link(pilot, NUM_CLIENTS, args.comm_over_train, args.latency, training_s=training_s)
+        self.link = calibrated_link(pilot, NUM_CLIENTS, args.comm_over_train, args.latency, training_s=training_s,
+                                    min_budget_s=smoke_budget_s(args))
         print(f"without a link: round {first_estimate:.3f} s; on a {guess.bandwidth_mbit:.3f} Mbit/s link: round "
               f"{steady_mean(on_link.rows, 'round_s'):.3f} s, of which training {training_s:.3f} s")
         print(f"link {self.link.bandwidth_mbit:.3f} Mbit/s, {self.link.latency_ms:g} ms: upload + download "

@@ -29,6 +29,10 @@ PAPER_ROUNDS=${PAPER_ROUNDS:-2}
 DRY=${GPU_CHECK_DRY_RUN:-}
 SCALE=paper; SMALL=()
 if [ -n "$DRY" ]; then SCALE=smoke; SMALL=(--max_train_samples 2000 --test_samples 500); fi
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+    echo "gpu_check.sh: $PYTHON cannot import torch; set PYTHON to the project's environment's python" >&2
+    exit 2
+fi
 if [ -z "$DRY" ] && ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check.sh needs a CUDA device (torch.cuda.is_available() is False on this machine)" >&2
     exit 2
