@@ -8,10 +8,11 @@ import sys
 
 if __name__ == "__main__":
     try:
-        from Characters.forkserver import start_forkserver
+        from Characters.forkserver import interrupts_held, start_forkserver
         start_forkserver()   # first: the ranks' torch import runs beside this process's own
-        from Characters.launch import main
-        from Utils.cli import build_parser, run_config
+        with interrupts_held():   # torch's import cannot take a Ctrl-C
+            from Characters.launch import main
+            from Utils.cli import build_parser, run_config
 
         parser = build_parser("FedAvg", "Federated Averaging (McMahan et al.) with a server and world_size - 1 "
                                         "clients.")

@@ -13,6 +13,7 @@ forkserver tearing torch down, or still importing it after a usage error). Nothi
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
@@ -48,16 +49,36 @@ def start_forkserver() -> None:
     multiprocessing.set_forkserver_preload(RANK_MODULES)
     # Ctrl-C reaches the whole process group, and the launcher alone acts on it: it stops the forkserver, whose
     # ranks ignore it too (launch._spawned_rank). Started while SIGINT is ignored (which survives exec), the
-    # forkserver never takes it, so a Ctrl-C while it imports torch prints no traceback. The launcher ignores
-    # Ctrl-C for those few milliseconds.
+    # forkserver never takes it, so a Ctrl-C while it imports torch prints no traceback. Meanwhile SIGINT is
+    # blocked here (Linux keeps a blocked signal pending even when ignored): this process gets it afterwards.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
         signal.signal(signal.SIGINT, previous_int)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if not _stop_registered:
         atexit.register(stop_forkserver)
         _stop_registered = True
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Ctrl-C held back until the block ends, then raised as KeyboardInterrupt: a KeyboardInterrupt raised while
+    torch's C++ code calls back into Python (its import) aborts the process (pybind11 cannot carry it) instead
+    of ending it in one line. A background job's ignored SIGINT stays ignored."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def stop_forkserver(wait_s: float = STOP_WAIT_S) -> None:
