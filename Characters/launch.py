@@ -197,14 +197,18 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
     try:
         # On a failure, the others get 2 s to end on their own (the server then names the client it lost),
         # then SIGTERM, then SIGKILL 2 s later: a stopped (SIGSTOP) rank ends too.
-        clients_ended_at = None
+        written, quiet_since = -1, time.monotonic()
         while not context.join(timeout=1.0, grace_period=FAILURE_GRACE_S):
-            # Once its clients have ended no peer waits for the server with a deadline: the launcher does.
-            if clients_ended_at is None and all(p.exitcode == 0 for p in context.processes[1:]):
-                clients_ended_at = time.monotonic()
-            if clients_ended_at is not None and time.monotonic() - clients_ended_at > cfg.timeout:
-                log.error("rank 0 has not ended %.0f s (--timeout) after its clients did, writing its outputs (a "
-                          "disk that hangs?); the job was stopped", cfg.timeout)
+            # Once its clients have ended no peer waits for the server with a deadline: the launcher does. The
+            # server may still evaluate and write rows for a while; a server that writes nothing for --timeout
+            # is stuck (on a disk that hangs, say).
+            if not all(p.exitcode == 0 for p in context.processes[1:]):
+                continue
+            if (now_written := _server_output_bytes(cfg)) != written:
+                written, quiet_since = now_written, time.monotonic()
+            elif time.monotonic() - quiet_since > cfg.timeout:
+                log.error("rank 0 has written nothing for %.0f s (--timeout) since its clients ended (a disk that "
+                          "hangs?); the job was stopped", cfg.timeout)
                 _terminate(context.processes)
                 return EXIT_FAILED, None
     except (mp.ProcessRaisedException, mp.ProcessExitedException):
@@ -219,6 +223,12 @@ def _spawn_all(cfg: RunConfig) -> tuple[int, dict | None]:
         signal.signal(signal.SIGINT, previous_int)
         _remove_error_files(context)
     return 0, summaries.get() if not summaries.empty() else None
+
+
+def _server_output_bytes(cfg: RunConfig) -> int:
+    """How much the server has written to its rows and its log: it grows while the server makes progress."""
+    return sum(path.stat().st_size for path in (Path(cfg.out_dir) / "metrics.csv", Path(cfg.out_dir) / "train.log")
+               if path.is_file())
 
 
 def _remove_error_files(context) -> None:
