@@ -382,13 +382,29 @@ def test_a_second_process_waits_for_the_lock_then_finds_the_dataset(tmp_path):
 
 
 def test_a_lock_held_by_a_stopped_process_is_waited_for_a_bounded_time(tmp_path):
+    """A holder that writes nothing (stopped with Ctrl-Z, say) is given up on after the wait; one that is still
+    writing (a slow download) is waited for however long it takes."""
     make_mnist(tmp_path / "MNIST" / "raw")
     with open(tmp_path / ".mnist.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # never released while the other waits: a holder stopped with Ctrl-Z
-        with pytest.raises(DatasetUnavailableError, match=r"another process has held .*/\.mnist\.lock for 1 s without "
-                                                          r"finishing the dataset \(stopped or stuck\?\)"):
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(DatasetUnavailableError, match=r"another process holds .*/\.mnist\.lock and has written "
+                                                          r"nothing under .* for 1 s \(stopped or stuck\?\)"):
             ensure_dataset("mnist", tmp_path, download=False, lock_wait_s=1.0)
     assert not is_prepared("mnist", tmp_path)
+
+    def slow_download(lock) -> None:   # 2.4 s of writes, then the lock is released
+        for part in range(8):
+            (tmp_path / f".download-part{part}").write_bytes(b"x")
+            time.sleep(0.3)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+    with open(tmp_path / ".mnist.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        holder = threading.Thread(target=slow_download, args=(lock,))
+        holder.start()
+        ensure_dataset("mnist", tmp_path, download=False, lock_wait_s=1.0)
+        holder.join()
+    assert is_prepared("mnist", tmp_path)
 
 
 # -------------------------------------------------------------------------------- bad inputs

@@ -455,8 +455,9 @@ def _unavailable_message(name: str, root: Path, reason: str) -> str:
 def _dataset_lock(root: Path, name: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """Exclusive lock on <root>/.<name>.lock: one process prepares a dataset, the others wait for it.
 
-    flock is released by the kernel when its holder dies, so a crashed rank never leaves a stale lock; a holder
-    that is stopped or stuck is waited for wait_s, then named in a DatasetUnavailableError.
+    flock is released by the kernel when its holder dies, so a crashed rank never leaves a stale lock. A holder
+    that writes nothing under the data root for wait_s (stopped or stuck, not downloading) is named in a
+    DatasetUnavailableError.
     """
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -466,24 +467,31 @@ def _dataset_lock(root: Path, name: str, wait_s: float = LOCK_WAIT_S) -> Iterato
         raise DatasetUnavailableError(f"{name}: cannot write to the data directory {root} ({reason}); give a "
                                       f"--data_dir this user can write to") from error
     with lock_file:
-        deadline, said = time.monotonic() + wait_s, False
+        written, quiet_since = None, time.monotonic()
         while True:
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise DatasetUnavailableError(
-                        f"{name}: another process has held {lock_file.name} for {wait_s:.0f} s without "
-                        f"finishing the dataset (stopped or stuck?); end it and start again") from None
-                if not said:
+                if written is None:
                     log.info("%s: waiting for another process preparing it in %s", name, root)
-                    said = True
+                if (now_written := _written_under(root)) != written:   # the holder makes progress
+                    written, quiet_since = now_written, time.monotonic()
+                elif time.monotonic() - quiet_since >= wait_s:
+                    raise DatasetUnavailableError(
+                        f"{name}: another process holds {lock_file.name} and has written nothing under {root} for "
+                        f"{wait_s:.0f} s (stopped or stuck?); end it and start again") from None
                 time.sleep(0.5)
         try:
             yield
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _written_under(root: Path) -> tuple[int, int]:
+    """(entries, latest modification) of everything under the data root: it changes while a dataset is written."""
+    stamps = [entry.stat().st_mtime_ns for entry in root.rglob("*") if entry.exists()]
+    return len(stamps), max(stamps, default=0)
 
 
 @contextlib.contextmanager
