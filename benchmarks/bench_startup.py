@@ -3,9 +3,10 @@
 The job is the peers' (../shared/peers/README.md): FedAvg.py on MNIST, MLP, 5 rounds of 1 local epoch, lr 0.01,
 batch 32, run from --repo as a subprocess. Seconds from launch (time.time() just before Popen) to:
 
-- G_0 sent: summary.json's startup_s (it counts from the launcher's process start); for a checkout that writes
-  none (--repo), the arrival of the server's "start-up" line;
-- end of round 1: wall_s of round 1 in metrics.csv (when G_1 was sent);
+- G_0 sent: the arrival of the server's "start-up" line;
+- end of round 1: wall_s of round 1 in metrics.csv (when G_1 was sent), moved onto this clock by the start-up
+  line: the job counts from its entry script's first import (summary.json's startup_s), this benchmark from
+  before Popen;
 - exit: the launcher's exit.
 
 Shutdown: from the arrival of the server's last line ("done: ...") to the exit, and to when the last rank was
@@ -70,9 +71,10 @@ def run_ours(args, repo: Path, work: Path, world_size: int, name: str, commands:
     rows = read_metrics(out_dir)
     if not rows:
         sys.exit(f"{out_dir}/metrics.csv has no rounds:\n{run.tail()}")
-    g0 = read_summary(out_dir).get("startup_s")   # an older checkout: when its start-up line arrived
-    g0 = arrival(run, r"\bstart-up [\d.]+ s") if g0 is None else float(g0)
-    return figures(run, r"\] INFO done: ", rows[0]["wall_s"], g0)
+    g0 = arrival(run, r"\bstart-up [\d.]+ s")
+    job_startup_s = read_summary(out_dir).get("startup_s")   # None: a checkout that writes none (--repo)
+    offset = 0.0 if job_startup_s is None else g0 - float(job_startup_s)   # the job's clock onto this one
+    return figures(run, r"\] INFO done: ", rows[0]["wall_s"] + offset, g0)
 
 
 def run_fedlab(args, commands: list) -> dict:
