@@ -55,6 +55,13 @@ def _start(script: str, *args: str, out_dir: Path, data_dir: Path, env: dict) ->
     return job, log
 
 
+def _wait_for_rounds(job: subprocess.Popen, run: Path, poll_s: float, timeout: float = 180) -> None:
+    """Until the job has written its first round (metrics.csv exists), it ended, or `timeout` passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (run / "metrics.csv").exists() and job.poll() is None:
+        time.sleep(poll_s)
+
+
 def _finish(job: subprocess.Popen, tag: str, timeout: float = 240) -> tuple[int, list[int]]:
     """The exit status, and what was still running of the job right when it came in."""
     try:
@@ -89,9 +96,7 @@ def test_nothing_outlives_a_launcher_stopped_by_ctrl_c(mnist_root, tmp_path):
     env = job_env()
     run = tmp_path / "run"
     job, log = _start("FedAvg.py", *TINY, "--max_epoch", "50", out_dir=run, data_dir=mnist_root, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (run / "metrics.csv").exists() and job.poll() is None:
-        time.sleep(0.2)
+    _wait_for_rounds(job, run, poll_s=0.2)
     assert (run / "metrics.csv").exists(), log.read_text()[-2000:]   # the rounds are running
     os.killpg(job.pid, signal.SIGINT)   # what Ctrl-C in a terminal does: the whole group
     returncode, left = _finish(job, env["OVERLAP_FEDAVG_TEST_TAG"])
@@ -122,9 +127,7 @@ def test_a_server_that_hangs_after_its_clients_ended_is_stopped_after_timeout(mn
     run = tmp_path / "run"
     job, log = _start("FedAvg.py", *TINY, "--max_epoch", "40", "--slowdown", "5", "--timeout", "8", out_dir=run,
                       data_dir=mnist_root, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (run / "metrics.csv").exists() and job.poll() is None:
-        time.sleep(0.05)
+    _wait_for_rounds(job, run, poll_s=0.05, timeout=120)
     os.mkfifo(run / "final_model.pt")
     returncode, left = _finish(job, env["OVERLAP_FEDAVG_TEST_TAG"])
     stderr = log.read_text()
