@@ -112,13 +112,7 @@ def noniid_shard_partition(
         free = list(set(free) - set(chosen.tolist()))
     assert not free, "shard counts must sum to the number of shards"
 
-    parts = []
-    for shards in client_shards:
-        shard_idx = [sorted_idx[s * shard_size:(s + 1) * shard_size] for s in shards]
-        if shards[-1] == num_shards - 1:
-            shard_idx.append(sorted_idx[num_shards * shard_size:])
-        parts.append(np.concatenate(shard_idx))
-    return parts
+    return [_cut_shards(sorted_idx, shards, shard_size, num_shards) for shards in client_shards]
 
 
 def pathological_partition(labels, num_clients: int, seed: int, shards_per_client: int = 2) -> list[np.ndarray]:
@@ -139,14 +133,18 @@ def pathological_partition(labels, num_clients: int, seed: int, shards_per_clien
     sorted_idx = np.argsort(labels, kind="stable").astype(np.int64)
     size = len(labels) // num_shards
     order = np.random.default_rng(seed).permutation(num_shards)
-    parts = []
-    for client in range(num_clients):
-        shards = np.sort(order[client * shards_per_client:(client + 1) * shards_per_client])
-        pieces = [sorted_idx[s * size:(s + 1) * size] for s in shards]
-        if shards[-1] == num_shards - 1:
-            pieces.append(sorted_idx[num_shards * size:])
-        parts.append(np.concatenate(pieces))
-    return parts
+    return [_cut_shards(sorted_idx, np.sort(order[client * shards_per_client:(client + 1) * shards_per_client]),
+                        size, num_shards)
+            for client in range(num_clients)]
+
+
+def _cut_shards(sorted_idx: np.ndarray, shards: np.ndarray, shard_size: int, num_shards: int) -> np.ndarray:
+    """The samples of the given shards (ascending) of the label-sorted order, one client's part; the owner of
+    the last shard also takes the remainder after it."""
+    pieces = [sorted_idx[s * shard_size:(s + 1) * shard_size] for s in shards]
+    if shards[-1] == num_shards - 1:
+        pieces.append(sorted_idx[num_shards * shard_size:])
+    return np.concatenate(pieces)
 
 
 def _split_by_proportions(total: int, proportions: np.ndarray) -> np.ndarray:
