@@ -567,15 +567,17 @@ def test_text_corpus_vocabulary_in_first_seen_order_with_eos(tmp_path):
 
 def test_the_sizes_before_loading_count_the_tokens_the_corpus_loads(tmp_path):
     """dataset_size (the launcher's memory and partition checks) reads a corpus without building it: its counts
-    and vocabulary are load_text_corpus's, a last line without its newline included."""
+    and vocabulary are load_text_corpus's, a last line without its newline included, and the memory estimate
+    counts every token every rank tokenises (the validation split too)."""
     from Utils.data.datasets import TEXT_SPECS, dataset_size
     folder = tmp_path / TEXT_SPECS["ptb"].folder
     files = TEXT_SPECS["ptb"].files
     write_text_corpus(folder, files, (" a b \n b c\n x", "c d\n", "\nd\ny z"))
     corpus = load_text_corpus([folder / file for file in files], "ptb")
     size = dataset_size("ptb", tmp_path)
-    assert (size.train, size.test, size.num_classes) == (len(corpus.train_tokens), len(corpus.test_tokens),
-                                                        corpus.vocab_size) == (8, 6, 8)
+    assert (size.train, size.valid, size.test, size.num_classes) == (
+        len(corpus.train_tokens), len(corpus.valid_tokens), len(corpus.test_tokens), corpus.vocab_size) == (8, 3, 6, 8)
+    assert size.memory(8, 6)["corpus_tokens"] == 8 + 3 + 6
 
 
 def test_batchify_and_bptt_batches_as_pytorch_examples():

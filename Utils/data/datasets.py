@@ -257,13 +257,14 @@ class DatasetSize:
     sample_numel: int       # numbers per sample (text: 1)
     model_shape: dict       # what build_model needs beyond the output size (as ImageData/TextData.model_shape)
     stream: bool = False    # a token stream: every rank tokenises the whole corpus; a client holds a slice
+    valid: int = 0          # text: the validation split's tokens (tokenised with the rest, then unused)
 
     def memory(self, train: int, test: int) -> dict:
         """Bytes of the training samples the clients hold (as float32), of the test set the server holds, and
         the corpus tokens every rank tokenises (Utils.memory.JobShape's fields), for `train` training and
         `test` test samples."""
         if self.stream:
-            return {"train_bytes": 0, "test_bytes": test * 8, "corpus_tokens": self.train + self.test}
+            return {"train_bytes": 0, "test_bytes": test * 8, "corpus_tokens": self.train + self.valid + self.test}
         return {"train_bytes": train * self.sample_numel * 4, "test_bytes": test * self.sample_numel,
                 "corpus_tokens": 0}
 
@@ -280,7 +281,7 @@ def dataset_size(name: str, data_dir: str | Path) -> DatasetSize:
             count, words = scan_corpus_file(root / spec.folder / file, name)
             counts.append(count)
             vocab |= words
-        return DatasetSize(counts[0], counts[2], len(vocab), 1, {}, stream=True)
+        return DatasetSize(counts[0], counts[2], len(vocab), 1, {}, stream=True, valid=counts[1])
     spec = IMAGE_SPECS[name]
     train, test = (len(read_cache(name, root, split, mmap=True)["labels"]) for split in SPLITS)
     channels, height, width = spec.shape
