@@ -15,7 +15,14 @@ from conftest import ROOT
 from helpers_e2e import QUICK_MNIST, TIMING_COLUMNS, job_env, read_metrics, run_job, wait_until_gone
 
 from Utils.aggregation import ServerUpdate
-from Utils.checkpoint import CHECKPOINT_NAME, CheckpointError, CheckpointWriter, read_checkpoint, write_checkpoint
+from Utils.checkpoint import (
+    CHECKPOINT_NAME,
+    RESUMABLE_CHANGES,
+    CheckpointError,
+    CheckpointWriter,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 SCRIPTS = ("FedAvg.py", "AsyncFedAvg.py")
 SMALL = ("--max_train_samples", "2000")
@@ -97,6 +104,15 @@ def test_resume_refuses_what_would_change_the_result(mnist_root, tmp_path):
     assert fresh_into_it.returncode == 2
     assert "is not empty; give a new directory, or --resume" in fresh_into_it.stderr.strip().splitlines()[-1]
     assert "Traceback" not in changed.stderr + finished.stderr + wrong_script.stderr + fresh_into_it.stderr
+
+
+def test_the_resume_docs_name_every_option_a_resume_may_change():
+    """docs/resume.md lists the options a resume takes from its new command line (the refusal's message and
+    --resume's help summarise them and point there); the list is written by hand beside RESUMABLE_CHANGES."""
+    section = (ROOT / "docs" / "resume.md").read_text().split("## Resuming", 1)[1].split("\n## ", 1)[0]
+    bookkeeping = {"resume", "out_dir", "launch_time"}   # set by the launcher, no option of the resumed run
+    unnamed = sorted(name for name in RESUMABLE_CHANGES - bookkeeping if f"`--{name}`" not in section)
+    assert not unnamed, f"docs/resume.md's Resuming section does not name {unnamed}"
 
 
 def test_a_damaged_or_foreign_checkpoint_gives_one_line(tmp_path):
