@@ -107,10 +107,10 @@ def test_resume_refuses_what_would_change_the_result(mnist_root, tmp_path):
 
 
 def test_the_resume_docs_name_every_option_a_resume_may_change():
-    """docs/resume.md lists the options a resume takes from its new command line (the refusal's message and
-    --resume's help summarise them and point there); the list is written by hand beside RESUMABLE_CHANGES."""
+    """docs/resume.md lists the options a resume takes from its new command line (--resume's help and the
+    refusal summarise them, the help points there); the list is written by hand beside RESUMABLE_CHANGES."""
     section = (ROOT / "docs" / "resume.md").read_text().split("## Resuming", 1)[1].split("\n## ", 1)[0]
-    bookkeeping = {"resume", "out_dir", "launch_time"}   # set by the launcher, no option of the resumed run
+    bookkeeping = {"resume", "out_dir", "launch_time"}   # the run's own directory and launch: no change allowed
     unnamed = sorted(name for name in RESUMABLE_CHANGES - bookkeeping if f"`--{name}`" not in section)
     assert not unnamed, f"docs/resume.md's Resuming section does not name {unnamed}"
 
