@@ -75,11 +75,20 @@ class JobShape:
     forked: bool = True         # ranks are forks of one preloaded process (CPU) rather than spawned
 
 
+# Checkpoint states alive at once: one being written, one waiting for the writer, one arriving, since a
+# checkpoint never holds the rounds up.
+CHECKPOINT_GENERATIONS = 3
+
+
+def merge_generation_copies(num_clients: int) -> int:
+    """Model copies one client merge checkpoint keeps: the uploads of a round's `num_clients` clients (K, the
+    sampled ones) and the model under them."""
+    return num_clients + 1
+
+
 def merge_state_copies(num_clients: int) -> int:
-    """Model copies the server holds for the client merge's checkpoint: the uploads of a round's `num_clients`
-    clients (K, the sampled ones) and the model under them, in up to three generations at once (one being
-    written, one waiting for the writer, one arriving), since a checkpoint never holds the rounds up."""
-    return 3 * (num_clients + 1)
+    """Model copies the server holds for the client merge's checkpoints: CHECKPOINT_GENERATIONS of them."""
+    return CHECKPOINT_GENERATIONS * merge_generation_copies(num_clients)
 
 
 def hosted_client_copies(num_clients: int, per_round: int, client_ranks: int, *, merge: bool,

@@ -10,7 +10,7 @@ state are alive at once: a job whose writes keep up with its rounds holds one, a
 three, so the allowance is three of the larger job's against one of the smaller's. A generation is one
 copy for FedAvg, four for Overlap-FedAvg's server-side compensation (`secant`: the models it keeps for its
 next update), and for the client merge (AsyncFedAvg.py's default) the K uploads it keeps for --resume by
-design and the model under them (Utils.memory.merge_state_copies), plus the global model: the merge's
+design and the model under them (Utils.memory.merge_generation_copies), plus the global model: the merge's
 server memory grows with the clients a round samples, the others' does not past --receive_window.
 
 The server restarts its high-water mark just before the first round (after loading the data set), so
@@ -47,7 +47,7 @@ from Utils.config import RunConfig  # noqa: E402
 from Utils.data.datasets import DATASET_NAMES, dataset_is_text, load_dataset  # noqa: E402
 from Utils.data.text import BPTT  # noqa: E402
 from Utils.flat import model_size  # noqa: E402
-from Utils.memory import merge_state_copies  # noqa: E402
+from Utils.memory import CHECKPOINT_GENERATIONS, merge_generation_copies  # noqa: E402
 
 SEED = 2020
 MB = 2**20   # as summary.json's peak_resident_mb (VmHWM kB / 1024)
@@ -65,17 +65,18 @@ def checkpoint_generation_copies(method: str, clients: int) -> int:
     """Model copies one checkpoint's state keeps alive until the checkpoint thread has written it: the copy of the
     global model; `secant`, also the model the uploads started from and its last pseudo-gradient and start
     (replaced by the next update, not modified); the client merge, the uploads and the model under them."""
-    return {"fedavg": 1, "secant": 4, "merge": merge_state_copies(clients) // 3 + 1}[method]
+    return {"fedavg": 1, "secant": 4, "merge": merge_generation_copies(clients) + 1}[method]
 
 
 def allowed_growth_copies(method: str, fewer: int, more: int) -> int:
     """Model copies the server's peak may grow by from `fewer` to `more` clients: the upload buffers added (one per
     upload received at once, min(--receive_window, clients); the client merge's uploads are each in a buffer of
-    their own, counted as checkpoint state), three checkpoint generations of the larger job against one of the
+    their own, counted as checkpoint state), CHECKPOINT_GENERATIONS of the larger job against one of the
     smaller's (how many are alive depends on how fast the disk writes them), plus less than one copy."""
     window = RunConfig.__dataclass_fields__["receive_window"].default
     buffers = 0 if method == "merge" else min(window, more) - min(window, fewer)
-    return buffers + 3 * checkpoint_generation_copies(method, more) - checkpoint_generation_copies(method, fewer) + 1
+    return (buffers + CHECKPOINT_GENERATIONS * checkpoint_generation_copies(method, more)
+            - checkpoint_generation_copies(method, fewer) + 1)
 
 
 def main() -> None:

@@ -138,10 +138,15 @@ def job_output_path(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + ".out")
 
 
+# calibrated_link's floor at smoke sizes: a round trains in less than the latency, and the transfers get 1 ms
+# (figures that mean nothing).
+SMOKE_BUDGET_S = 1e-3
+
+
 def smoke_budget_s(args: argparse.Namespace) -> float | None:
-    """calibrated_link's min_budget_s for these options: with --max_train_samples a round trains in less than
-    the latency, and the transfers get 1 ms (figures that mean nothing); at the benchmark's sizes, none."""
-    return 1e-3 if args.max_train_samples else None
+    """calibrated_link's min_budget_s for these options: SMOKE_BUDGET_S with --max_train_samples; at the
+    benchmark's sizes, none."""
+    return SMOKE_BUDGET_S if args.max_train_samples else None
 
 
 def add_job_options(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
